@@ -1,0 +1,95 @@
+"""The protocols every connector kind implements, kept small on purpose.
+
+- A *source* reads one outside system and yields raw records in chunks, stream by stream.
+- A *destination* upserts one case task into a staff tool by idempotency key.
+- A *channel* sends one family message.
+
+Connectors do I/O and nothing else: mapping lives in `mappings/`, storage in `service/`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol
+
+SyncMode = Literal["bulk", "delta"]
+
+
+@dataclass(frozen=True)
+class RawRow:
+    """One source record as read, before mapping; `location` says where it came from."""
+
+    location: str
+    data: dict[str, str]
+
+
+@dataclass
+class Chunk:
+    """A run of consecutive records with a stable digest of their content.
+
+    `rows` is None when the source recognised the digest as already imported and skipped parsing.
+    """
+
+    digest: int
+    row_count: int
+    rows: list[RawRow] | None
+
+
+@dataclass
+class StreamProblem:
+    """A stream-level problem (a bad header, an unreadable file): reported, never silent."""
+
+    reason: str
+    detail: str
+
+
+@dataclass
+class Stream:
+    """One resource of a source (a CSV file, an API collection) and how to read it."""
+
+    name: str  # the entity, e.g. "users", "attendance"
+    mode: SyncMode
+    location: str  # a file name or URL path, for messages
+    header: list[str] = field(default_factory=list)  # column names, for sources that have them
+    problems: list[StreamProblem] = field(default_factory=list)
+    # A fingerprint of everything outside the rows that changes their meaning (code maps,
+    # files the rows are resolved against); a change forces re-reading unchanged chunks.
+    context_fingerprint: bytes = b""
+
+
+class Source(Protocol):
+    """A system of record we pull from."""
+
+    name: str
+
+    def streams(self) -> list[Stream]:
+        """The streams this source offers now, in dependency order (orgs before users...)."""
+        ...
+
+    def read(self, stream: Stream, known_chunks: set[int]) -> Iterator[Chunk]:
+        """Yield the stream's chunks; those whose digest is in `known_chunks` may come unparsed."""
+        ...
+
+
+@dataclass(frozen=True)
+class DeliveryResult:
+    external_id: str | None
+    detail: dict[str, Any] = field(default_factory=dict)
+
+
+class Destination(Protocol):
+    """A staff tool that holds case tasks. Must be idempotent on `idempotency_key`."""
+
+    name: str
+
+    def upsert_task(self, idempotency_key: str, task: dict[str, Any]) -> DeliveryResult: ...
+
+
+class Channel(Protocol):
+    """A way to reach a family (SMS, email). Must not send twice for one `idempotency_key`."""
+
+    name: str
+    medium: str
+
+    def send(self, idempotency_key: str, message: dict[str, Any]) -> DeliveryResult: ...

@@ -1,0 +1,24 @@
+"""Family messages as JSON Lines: the SMS/email stand-in the demo and tests use."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from connectors.base import DeliveryResult
+from connectors.jsonl_store import JsonlStore
+from service.clock import utcnow
+
+
+class FileChannel:
+    def __init__(self, name: str, medium: str, path: Path) -> None:
+        self.name = name
+        self.medium = medium
+        self.store = JsonlStore(path)
+
+    def send(self, idempotency_key: str, message: dict[str, Any]) -> DeliveryResult:
+        self.store.append(
+            idempotency_key,
+            {"medium": self.medium, "sent_at": utcnow().isoformat(), "message": message},
+        )
+        return DeliveryResult(external_id=idempotency_key)

@@ -1,0 +1,59 @@
+"""OneRoster 1.1 / 1.2 CSV packages: a folder or a zip with manifest.csv."""
+
+from __future__ import annotations
+
+import csv
+import io
+from collections.abc import Iterator
+from pathlib import Path
+
+from connectors.base import Chunk, Stream, StreamProblem, SyncMode
+from connectors.sources.csv_chunks import decode, iter_chunks, read_header
+from connectors.sources.file_package import FilePackage
+from mappings.oneroster import entity_mappings
+from service.errors import PermanentError
+
+
+class OneRosterCsvSource:
+    """Streams come from the manifest: `file.users=bulk|delta|absent` and so on."""
+
+    kind = "oneroster_csv"
+
+    def __init__(self, name: str, path: Path) -> None:
+        self.name = name
+        self.package = FilePackage(path)
+        self.manifest = self._read_manifest()
+        self.version = self.manifest.get("oneroster.version", "1.1")
+
+    def _read_manifest(self) -> dict[str, str]:
+        if not self.package.exists("manifest.csv"):
+            raise PermanentError(f"{self.package.path}: no manifest.csv (not a OneRoster package)")
+        with self.package.open("manifest.csv") as fh:
+            rows = list(csv.reader(io.StringIO(decode(fh.read()))))
+        return {r[0].strip(): r[1].strip() for r in rows[1:] if len(r) >= 2}
+
+    def streams(self) -> list[Stream]:
+        out: list[Stream] = []
+        for mapping in entity_mappings():
+            declared = self.manifest.get(f"file.{mapping.entity}", "")
+            present = self.package.exists(mapping.file)
+            if declared == "absent" or (not declared and not present):
+                continue
+            mode: SyncMode = "delta" if declared == "delta" else "bulk"
+            stream = Stream(mapping.entity, mode, mapping.file)
+            if not present:
+                stream.problems.append(
+                    StreamProblem("missing_file", f"manifest lists {mapping.file}; it is not there")
+                )
+            else:
+                with self.package.open(mapping.file) as fh:
+                    stream.header = read_header(fh)
+            out.append(stream)
+        return out
+
+    def read(self, stream: Stream, known_chunks: set[int]) -> Iterator[Chunk]:
+        with self.package.open(stream.location) as fh:
+            read_header(fh)
+            yield from iter_chunks(
+                fh, stream.header, stream.location, known_chunks, stream.context_fingerprint
+            )

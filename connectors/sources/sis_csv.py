@@ -1,0 +1,49 @@
+"""The district SIS's own CSV export: calendar, attendance and discipline files."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+from connectors.base import Chunk, Stream, StreamProblem
+from connectors.sources.csv_chunks import iter_chunks, read_header
+from connectors.sources.file_package import FilePackage
+from service.config import SisCsvSource
+
+
+class SisCsvExportSource:
+    """Each configured file is one bulk stream: the export is a full snapshot every night."""
+
+    kind = "sis_csv"
+
+    def __init__(self, cfg: SisCsvSource, path: Path) -> None:
+        self.name = cfg.name
+        self.package = FilePackage(path)
+        self.files = {
+            entity: spec.file
+            for entity, spec in (
+                ("calendar", cfg.calendar),
+                ("attendance", cfg.attendance),
+                ("discipline", cfg.discipline),
+            )
+            if spec is not None
+        }
+
+    def streams(self) -> list[Stream]:
+        out: list[Stream] = []
+        for entity, file in self.files.items():
+            stream = Stream(entity, "bulk", file)
+            if not self.package.exists(file):
+                stream.problems.append(StreamProblem("missing_file", f"{file} is not there"))
+            else:
+                with self.package.open(file) as fh:
+                    stream.header = read_header(fh)
+            out.append(stream)
+        return out
+
+    def read(self, stream: Stream, known_chunks: set[int]) -> Iterator[Chunk]:
+        with self.package.open(stream.location) as fh:
+            read_header(fh)
+            yield from iter_chunks(
+                fh, stream.header, stream.location, known_chunks, stream.context_fingerprint
+            )

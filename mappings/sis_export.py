@@ -1,0 +1,188 @@
+"""A district SIS's own CSV export (attendance, discipline, calendar) to canonical rows.
+
+OneRoster carries none of these, so every district's export looks different: the column names
+and the code values come from the district's YAML (see `config/district.yaml`), not from code.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from functools import partial
+
+from mappings.fields import optional, parse_date, parse_float, required
+from mappings.spec import EntityMapping, Lookups, Mapped
+from service.config import SisCsvSource
+from service.errors import BadRecord
+
+# Canonical field -> is it required. The district's YAML maps each to a column of its export.
+CALENDAR_FIELDS = {"school_id": True, "date": True, "in_session": True}
+ATTENDANCE_FIELDS = {
+    "event_id": False,
+    "student": True,
+    "school_id": False,
+    "date": True,
+    "period": False,
+    "code": True,
+}
+DISCIPLINE_FIELDS = {
+    "incident_id": True,
+    "student": True,
+    "school_id": False,
+    "date": True,
+    "behavior_code": False,
+    "action_code": True,
+    "action_days": False,
+    "state_reportable": False,
+}
+
+
+def _get(row: dict[str, str], columns: dict[str, str], field: str) -> str | None:
+    column = columns.get(field)
+    return optional(row, column) if column else None
+
+
+def _need(row: dict[str, str], columns: dict[str, str], field: str) -> str:
+    return required(row, columns[field])
+
+
+def _width(row: dict[str, str]) -> None:
+    if "__width__" in row:
+        raise BadRecord("bad_field_count", row["__width__"])
+
+
+def _student(row: dict[str, str], columns: dict[str, str], lookups: Lookups, by_local: bool) -> str:
+    ref = _need(row, columns, "student")
+    student = lookups.student_by_local_id.get(ref) if by_local else ref
+    if student is None or (not by_local and student not in lookups.students):
+        raise BadRecord("unknown_student", f"{columns['student']} {ref!r} is not a known student")
+    return student
+
+
+def map_calendar(
+    row: dict[str, str], _: Lookups, *, columns: dict[str, str], formats: tuple[str, ...],
+    in_session: frozenset[str],
+) -> Mapped:  # fmt: skip
+    _width(row)
+    day = parse_date(_need(row, columns, "date"), columns["date"], formats)
+    flag = (_get(row, columns, "in_session") or "").strip()
+    return [
+        (
+            "calendar_days",
+            {
+                "school_id": _need(row, columns, "school_id"),
+                "day": day,
+                "instructional": flag in in_session,
+            },
+        )
+    ]
+
+
+def map_attendance(
+    row: dict[str, str], lookups: Lookups, *, columns: dict[str, str], formats: tuple[str, ...],
+    codes: dict[str, str], by_local: bool,
+) -> Mapped:  # fmt: skip
+    _width(row)
+    code = _need(row, columns, "code")
+    category = codes.get(code)
+    if category is None:
+        raise BadRecord(
+            "unknown_code", f"attendance code {code!r} is not in this source's code map"
+        )
+    student = _student(row, columns, lookups, by_local)
+    day = parse_date(_need(row, columns, "date"), columns["date"], formats)
+    period = _get(row, columns, "period")
+    # Exports without an id still need a stable key, or a re-import would duplicate events.
+    event_id = _get(row, columns, "event_id") or f"{student}|{day.isoformat()}|{period or ''}"
+    return [
+        (
+            "attendance_events",
+            {
+                "event_id": event_id,
+                "student_id": student,
+                "school_id": _get(row, columns, "school_id"),
+                "day": day,
+                "period": period,
+                "category": category,
+                "code": code,
+            },
+        )
+    ]
+
+
+def map_discipline(
+    row: dict[str, str], lookups: Lookups, *, columns: dict[str, str], formats: tuple[str, ...],
+    actions: dict[str, str], reportable: frozenset[str], by_local: bool,
+) -> Mapped:  # fmt: skip
+    _width(row)
+    action_code = _need(row, columns, "action_code")
+    action = actions.get(action_code)
+    if action is None:
+        raise BadRecord(
+            "unknown_code", f"discipline action {action_code!r} is not in this source's code map"
+        )
+    student = _student(row, columns, lookups, by_local)
+    return [
+        (
+            "discipline_incidents",
+            {
+                "incident_id": _need(row, columns, "incident_id"),
+                "student_id": student,
+                "school_id": _get(row, columns, "school_id"),
+                "day": parse_date(_need(row, columns, "date"), columns["date"], formats),
+                "behavior_code": _get(row, columns, "behavior_code"),
+                "action": action,
+                "action_code": action_code,
+                "action_days": parse_float(_get(row, columns, "action_days"), "action_days"),
+                "state_reportable": (_get(row, columns, "state_reportable") or "") in reportable,
+            },
+        )
+    ]
+
+
+def _columns_for(
+    entity: str, fields: dict[str, bool], columns: dict[str, str]
+) -> tuple[frozenset[str], frozenset[str]]:
+    missing = [f for f, req in fields.items() if req and f not in columns]
+    if missing:
+        raise ValueError(f"{entity}.columns must name a column for {missing}")
+    required_cols = frozenset(columns[f] for f, req in fields.items() if req and f in columns)
+    return required_cols, frozenset(columns.values())
+
+
+def sis_entity_mappings(cfg: SisCsvSource) -> list[EntityMapping]:
+    """Calendar, attendance and discipline mappings as the district configured them."""
+    formats = tuple(cfg.date_formats)
+    by_local = cfg.student_match == "local_id"
+    lookup = "student_by_local_id" if by_local else "students"
+    out: list[EntityMapping] = []
+
+    def add(
+        entity: str, file: str, table: str, fields: dict[str, bool], columns: dict[str, str],
+        fn: Callable[[dict[str, str], Lookups], Mapped], resolve_student: bool,
+    ) -> None:  # fmt: skip
+        req, known = _columns_for(entity, fields, columns)
+        needs = ((lookup, columns["student"]),) if resolve_student else ()
+        out.append(EntityMapping(entity, file, (table,), req, known, fn, needs=needs))
+
+    if cfg.calendar:
+        c = cfg.calendar
+        fn = partial(
+            map_calendar, columns=c.columns, formats=formats,
+            in_session=frozenset(c.in_session_values),
+        )  # fmt: skip
+        add("calendar", c.file, "calendar_days", CALENDAR_FIELDS, c.columns, fn, False)
+    if cfg.attendance:
+        a = cfg.attendance
+        fn = partial(
+            map_attendance, columns=a.columns, formats=formats, codes=dict(a.codes),
+            by_local=by_local,
+        )  # fmt: skip
+        add("attendance", a.file, "attendance_events", ATTENDANCE_FIELDS, a.columns, fn, True)
+    if cfg.discipline:
+        d = cfg.discipline
+        fn = partial(
+            map_discipline, columns=d.columns, formats=formats, actions=dict(d.actions),
+            reportable=frozenset(d.state_reportable_values), by_local=by_local,
+        )  # fmt: skip
+        add("discipline", d.file, "discipline_incidents", DISCIPLINE_FIELDS, d.columns, fn, True)
+    return out

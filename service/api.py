@@ -1,0 +1,33 @@
+"""The Flask app factory. Later issues add referral intake, webhooks and reports here."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import Flask, jsonify
+from sqlalchemy import Engine, text
+
+from service.config import Settings, load_settings
+from service.db import make_engine
+
+
+def create_app(settings: Settings | None = None, engine: Engine | None = None) -> Flask:
+    settings = settings or load_settings()
+    engine = engine or make_engine(settings.database.url)
+    app = Flask("casebridge")
+    app.config["CASEBRIDGE_SETTINGS"] = settings
+    app.config["CASEBRIDGE_ENGINE"] = engine
+
+    @app.get("/healthz")
+    def healthz() -> Any:
+        try:
+            with engine.connect() as conn:
+                conn.execute(text("SELECT 1"))
+                version = conn.execute(text("SELECT version_num FROM alembic_version")).scalar()
+        except Exception as exc:  # any database failure means unhealthy, whatever its type
+            return jsonify(
+                status="unhealthy", database="unreachable", error=type(exc).__name__
+            ), 503
+        return jsonify(status="ok", database="ok", schema=version)
+
+    return app

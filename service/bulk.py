@@ -1,0 +1,99 @@
+"""Set-based writes shared by every importer: stage a batch, then merge it with two statements.
+
+PostgreSQL loads the stage with COPY and SQLite with executemany; the merge SQL is the same on
+both. Rows whose content hash did not change are not written at all.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from sqlalchemy import Connection, Table, text
+from sqlalchemy.dialects import postgresql, sqlite
+
+from service.models import Base
+
+BOOKKEEPING = ("row_hash", "src_chunk", "source")
+
+
+def table(name: str) -> Table:
+    return Base.metadata.tables[name]
+
+
+def dialect_insert(conn: Connection, target: Table) -> Any:
+    """INSERT with ON CONFLICT support on either database."""
+    if conn.dialect.name == "postgresql":
+        return postgresql.insert(target)
+    return sqlite.insert(target)
+
+
+def _stage(conn: Connection, target: Table) -> str:
+    name = f"stage_{target.name}"
+    cols = ", ".join(c.name for c in target.columns)
+    conn.execute(
+        text(
+            f"CREATE TEMP TABLE IF NOT EXISTS {name} AS SELECT {cols} FROM {target.name} WHERE 1=0"
+        )
+    )
+    conn.execute(
+        text(f"{'TRUNCATE' if conn.dialect.name == 'postgresql' else 'DELETE FROM'} {name}")
+    )
+    return name
+
+
+def load_rows(
+    conn: Connection, target: str, columns: Sequence[str], rows: Sequence[tuple[Any, ...]]
+) -> None:
+    """Append rows as fast as the driver allows (COPY on PostgreSQL)."""
+    if not rows:
+        return
+    if conn.dialect.name == "postgresql":
+        cur = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+        with cur.copy(f"COPY {target} ({', '.join(columns)}) FROM STDIN") as copy:
+            for row in rows:
+                copy.write_row(row)
+        return
+    marks = ", ".join("?" for _ in columns)
+    raw = conn.connection.dbapi_connection
+    raw.cursor().executemany(  # type: ignore[union-attr]
+        f"INSERT INTO {target} ({', '.join(columns)}) VALUES ({marks})", rows
+    )
+
+
+def merge(
+    conn: Connection, target: Table, rows: Sequence[tuple[Any, ...]], track_chunks: bool
+) -> tuple[int, int]:
+    """Upsert `rows` (all columns, in table order) by primary key; returns (inserted, updated)."""
+    if not rows:
+        return 0, 0
+    stage = _stage(conn, target)
+    columns = [c.name for c in target.columns]
+    load_rows(conn, stage, columns, rows)
+    pk = [c.name for c in target.primary_key.columns]
+    match = " AND ".join(f"{target.name}.{k} = s.{k}" for k in pk)
+    settable = [c for c in columns if c not in pk]
+    assignments = ", ".join(f"{c} = s.{c}" for c in settable)
+    updated = conn.execute(
+        text(
+            f"UPDATE {target.name} SET {assignments} FROM {stage} AS s "
+            f"WHERE {match} AND {target.name}.row_hash <> s.row_hash"
+        )
+    ).rowcount
+    if track_chunks:
+        # Same content in a different chunk: move the bookkeeping without counting an update.
+        conn.execute(
+            text(
+                f"UPDATE {target.name} SET src_chunk = s.src_chunk, source = s.source "
+                f"FROM {stage} AS s WHERE {match} AND {target.name}.row_hash = s.row_hash "
+                f"AND ({target.name}.src_chunk IS NULL OR {target.name}.src_chunk <> s.src_chunk)"
+            )
+        )
+    col_list = ", ".join(columns)
+    inserted = conn.execute(
+        text(
+            f"INSERT INTO {target.name} ({col_list}) SELECT {col_list} FROM {stage} AS s "
+            f"WHERE NOT EXISTS (SELECT 1 FROM {target.name} WHERE {match})"
+        )
+    ).rowcount
+    return inserted, updated

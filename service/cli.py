@@ -1,0 +1,285 @@
+"""`casebridge`: the command line district IT runs (and the scheduler calls the same units)."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+import click
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn
+from rich.table import Table
+
+from service import logging as cb_logging
+from service.cases import EvaluationReport
+from service.config import Settings, load_settings
+from service.errors import ConfigError
+from service.ingest import SyncReport
+from service.outbox import DispatchReport
+from service.pipeline import (
+    database_url,
+    open_engine,
+    outbox_state,
+    run_dispatch,
+    run_evaluate,
+    run_sync,
+)
+
+console = Console(stderr=False, highlight=False)
+DEFAULT_CONFIG = "config/district.yaml"
+
+
+def _settings(ctx: click.Context) -> Settings:
+    path = ctx.obj["config"]
+    try:
+        return load_settings(path)
+    except ConfigError as exc:
+        console.print(f"[bold red]Configuration problems ({len(exc.problems)}):[/]")
+        for p in exc.problems:
+            console.print(f"  {p}", markup=False)
+        ctx.exit(2)
+        raise  # unreachable: ctx.exit raises
+
+
+@click.group()
+@click.option(
+    "--config",
+    "config",
+    envvar="CASEBRIDGE_CONFIG",
+    default=DEFAULT_CONFIG,
+    show_default=True,
+    help="District configuration file (or $CASEBRIDGE_CONFIG).",
+)
+@click.option("--log-level", default="WARNING", show_default=True)
+@click.option("--log-json", is_flag=True, help="Logs as JSON lines (for log shippers).")
+@click.pass_context
+def main(ctx: click.Context, config: str, log_level: str, log_json: bool) -> None:
+    """casebridge: SIS data in, cases, staff tasks and family messages out."""
+    cb_logging.configure(log_level.upper(), log_json)
+    ctx.ensure_object(dict)
+    ctx.obj["config"] = config
+
+
+@main.command("check-config")
+@click.pass_context
+def check_config(ctx: click.Context) -> None:
+    """Validate the configuration and list every problem with its key."""
+    settings = _settings(ctx)
+    console.print(
+        f"[green]OK[/] {settings.source_file}: {len(settings.sources)} sources, "
+        f"{len(settings.rules)} rules, {len(settings.caseloads)} caseloads, "
+        f"{len(settings.destinations)} destinations, {len(settings.channels)} channels"
+    )
+
+
+@main.group("db")
+def db_group() -> None:
+    """Database schema commands."""
+
+
+@db_group.command("upgrade")
+@click.pass_context
+def db_upgrade(ctx: click.Context) -> None:
+    """Create or migrate the schema to the latest revision."""
+    settings = _settings(ctx.find_root())
+    from service import db
+
+    db.upgrade(database_url(settings))
+    console.print("[green]Schema is at the latest revision.[/]")
+
+
+@contextmanager
+def _progress(label: str) -> Iterator[Any]:
+    columns = [
+        SpinnerColumn(),
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+    ]
+    with Progress(*columns, console=console, transient=True) as progress:
+        tasks: dict[str, Any] = {}
+
+        def advance(entity: str, rows: int) -> None:
+            if entity not in tasks:
+                tasks[entity] = progress.add_task(f"{label} {entity}", total=None)
+            progress.advance(tasks[entity], rows)
+
+        yield advance
+
+
+def _sync(ctx: click.Context, settings: Settings, source: str | None) -> list[SyncReport]:
+    engine = open_engine(settings)
+    with _progress("sync") as advance:
+        reports = run_sync(engine, settings, source, advance)
+    print_sync(reports)
+    return reports
+
+
+def _evaluate(settings: Settings, as_of: date | None) -> EvaluationReport:
+    engine = open_engine(settings)
+    with console.status("evaluating indicators and rules"):
+        report = run_evaluate(engine, settings, as_of)
+    print_evaluation(report)
+    return report
+
+
+def _dispatch(settings: Settings) -> DispatchReport:
+    engine = open_engine(settings)
+    with console.status("delivering the outbox"):
+        report = run_dispatch(engine, settings)
+    print_dispatch(report, outbox_state(engine).pending)
+    return report
+
+
+@main.command()
+@click.option("--source", help="Only this source (by name).")
+@click.pass_context
+def sync(ctx: click.Context, source: str | None) -> None:
+    """Import every configured source into the canonical tables."""
+    reports = _sync(ctx, _settings(ctx), source)
+    if any(r.error for r in reports):
+        sys.exit(1)
+
+
+@main.command()
+@click.option("--as-of", type=click.DateTime(["%Y-%m-%d"]), help="Evaluate as of this date.")
+@click.pass_context
+def evaluate(ctx: click.Context, as_of: Any) -> None:
+    """Compute indicators, run the rules, open and update cases."""
+    _evaluate(_settings(ctx), as_of.date() if as_of else None)
+
+
+@main.command()
+@click.pass_context
+def dispatch(ctx: click.Context) -> None:
+    """Deliver due outbox items (tasks, family messages)."""
+    _dispatch(_settings(ctx))
+
+
+@main.command()
+@click.option("--as-of", type=click.DateTime(["%Y-%m-%d"]), help="Evaluate as of this date.")
+@click.pass_context
+def run(ctx: click.Context, as_of: Any) -> None:
+    """sync, evaluate and dispatch, in that order."""
+    settings = _settings(ctx)
+    reports = _sync(ctx, settings, None)
+    _evaluate(settings, as_of.date() if as_of else None)
+    _dispatch(settings)
+    out = settings.resolve(settings.output_dir)
+    console.print(f"Output folder: {out}")
+    if any(r.error for r in reports):
+        sys.exit(1)
+
+
+@main.command()
+@click.pass_context
+def demo(ctx: click.Context) -> None:
+    """Run the whole pipeline on the bundled sample district (config/district.yaml)."""
+    ctx.invoke(run)
+
+
+@main.command()
+@click.option("--students", default=250, show_default=True, type=click.IntRange(1, 450_000))
+@click.option("--seed", default=7, show_default=True)
+@click.option("--as-of", type=click.DateTime(["%Y-%m-%d"]), default="2026-11-20", show_default=True)
+@click.option("--oneroster-version", type=click.Choice(["1.1", "1.2"]), default="1.2")
+@click.option("--bad-rows", default=0, show_default=True, help="Malformed rows to inject.")
+@click.option("--out", "out_dir", type=click.Path(path_type=Path), required=True)
+def generate(
+    students: int, seed: int, as_of: Any, oneroster_version: str, bad_rows: int, out_dir: Path
+) -> None:
+    """Write a synthetic district: OneRoster CSV plus SIS attendance/discipline/calendar."""
+    from service.synthetic import generate_district
+
+    with console.status(f"generating {students} students"):
+        summary = generate_district(
+            out_dir, students=students, seed=seed, as_of=as_of.date(),
+            oneroster_version=oneroster_version, bad_rows=bad_rows,
+        )  # fmt: skip
+    table = Table(title=f"Synthetic district in {out_dir}")
+    table.add_column("file")
+    table.add_column("rows", justify="right")
+    for name, rows in sorted(summary.files.items()):
+        table.add_row(name, f"{rows:,}")
+    console.print(table)
+    console.print(f"{summary.bytes_written:,} bytes; {summary.bad_rows} malformed rows injected")
+
+
+@main.command()
+@click.pass_context
+def scheduler(ctx: click.Context) -> None:
+    """Run the scheduled jobs (sync, evaluate, dispatch) until stopped."""
+    from jobs.scheduler import run_scheduler
+
+    run_scheduler(_settings(ctx))
+
+
+# -- summaries ----------------------------------------------------------------------------------
+
+
+def print_sync(reports: list[SyncReport]) -> None:
+    table = Table(title="Sync")
+    for col in ("source", "entity", "read", "inserted", "updated", "deactivated", "unchanged",
+                "quarantined"):  # fmt: skip
+        table.add_column(
+            col, justify="left" if col in ("source", "entity", "quarantined") else "right"
+        )
+    problems: list[str] = []
+    for report in reports:
+        if report.error:
+            table.add_row(report.source, "[red]failed[/]", "", "", "", "", "", report.error)
+            continue
+        for entity, s in report.entities.items():
+            q = ", ".join(f"{k} {v}" for k, v in sorted(s.quarantined.items())) or "0"
+            table.add_row(
+                report.source, entity, f"{s.read:,}", f"{s.inserted:,}", f"{s.updated:,}",
+                f"{s.deactivated:,}", f"{s.unchanged:,}", q,
+            )  # fmt: skip
+            problems += s.problems
+    console.print(table)
+    for p in problems:
+        console.print(f"[yellow]problem:[/] {p}", markup=True)
+
+
+def print_evaluation(r: EvaluationReport) -> None:
+    table = Table(title=f"Evaluation as of {r.as_of} (grading period {r.grading_period or '-'})")
+    table.add_column("measure")
+    table.add_column("count", justify="right")
+    table.add_row("students evaluated", f"{r.students_evaluated:,}")
+    for rule, n in sorted(r.flagged_by_rule.items()):
+        table.add_row(f"flagged by rule {rule}", f"{n:,}")
+    for label, value in (
+        ("cases opened", r.cases_opened),
+        ("cases updated (new reason or relapse)", r.cases_updated),
+        ("cases reopened within cooldown", r.cases_reopened),
+        ("cases recovering (no reason fires)", r.cases_recovering),
+        ("cases closed (recovered)", r.cases_closed),
+        ("referrals created", r.referrals_created),
+        ("staff tasks queued", r.tasks_enqueued),
+        ("family messages queued", r.family_messages_enqueued),
+        ("cases without a case manager", r.unassigned),
+        ("cases with no reachable guardian", r.no_reachable_family),
+    ):
+        table.add_row(label, f"{value:,}")
+    console.print(table)
+
+
+def print_dispatch(r: DispatchReport, pending: int) -> None:
+    table = Table(title="Dispatch")
+    table.add_column("measure")
+    table.add_column("count", justify="right")
+    table.add_row("delivered", f"{r.delivered:,}")
+    for target, n in sorted(r.by_target.items()):
+        table.add_row(f"  to {target}", f"{n:,}")
+    table.add_row("retried later", f"{r.retried:,}")
+    table.add_row("dead-lettered", f"{r.dead:,}")
+    table.add_row("still pending", f"{pending:,}")
+    console.print(table)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

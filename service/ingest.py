@@ -1,0 +1,394 @@
+"""Import one source: read chunks, map rows, merge them set-based, quarantine what fails.
+
+Cursor semantics for files: a chunk's digest is stored in the same transaction as its rows, so a
+run killed anywhere resumes by skipping what already committed and ends with the same data as an
+uninterrupted run. Bulk streams then deactivate (never delete) rows that vanished from the file.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+from collections import Counter
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import structlog
+from sqlalchemy import Connection, Engine, delete, select, update
+
+from connectors.base import Chunk, RawRow, Source, Stream
+from connectors.sources.csv_chunks import digest64
+from mappings.spec import EntityMapping, Lookups
+from service.bulk import BOOKKEEPING, dialect_insert, merge, table
+from service.clock import utcnow
+from service.errors import BadRecord
+from service.models import Student, SyncRun, UserRole
+
+log = structlog.get_logger(__name__)
+
+# Bump when a mapping's output for the same input changes: unchanged chunks are then re-read.
+MAPPING_VERSION = b"mappings-v1"
+BATCH_ROWS = 8000
+LOOKUP_SLICE = 5000
+
+ProgressFn = Callable[[str, int], None]
+
+
+@dataclass
+class EntityStats:
+    read: int = 0
+    inserted: int = 0
+    updated: int = 0
+    deactivated: int = 0
+    unchanged: int = 0  # rows in chunks skipped as already imported
+    ignored: int = 0  # rows that map to nothing we keep (teachers in users.csv)
+    quarantined: Counter[str] = field(default_factory=Counter)
+    problems: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "read": self.read,
+            "inserted": self.inserted,
+            "updated": self.updated,
+            "deactivated": self.deactivated,
+            "unchanged": self.unchanged,
+            "ignored": self.ignored,
+            "quarantined": dict(self.quarantined),
+            "problems": list(self.problems),
+        }
+
+
+@dataclass
+class SyncReport:
+    source: str
+    entities: dict[str, EntityStats] = field(default_factory=dict)
+    error: str | None = None
+
+    def total(self, attr: str) -> int:
+        return sum(getattr(s, attr) for s in self.entities.values())
+
+    def quarantined(self) -> Counter[str]:
+        out: Counter[str] = Counter()
+        for s in self.entities.values():
+            out.update(s.quarantined)
+        return out
+
+
+def _row_digest(values: Iterable[Any]) -> int:
+    return digest64(repr(tuple(values)).encode())
+
+
+def quarantine(
+    conn: Connection, source: str, entity: str, raw: RawRow, reason: str, detail: str
+) -> None:
+    """Keep the record, its reason and where it came from; the same bad record is counted once."""
+    now = utcnow()
+    payload = dict(raw.data)
+    fingerprint = digest64(
+        source.encode(), entity.encode(), reason.encode(), repr(sorted(payload.items())).encode()
+    )
+    qt = table("quarantine")
+    stmt = dialect_insert(conn, qt).values(
+        source=source,
+        entity=entity,
+        record_key=(payload.get("sourcedId") or "")[:255] or None,
+        location=raw.location[:255],
+        reason=reason,
+        detail=detail,
+        payload=payload,
+        fingerprint=fingerprint,
+        first_seen=now,
+        last_seen=now,
+        times_seen=1,
+    )
+    stmt = stmt.on_conflict_do_update(
+        index_elements=["source", "fingerprint"],
+        set_={"last_seen": now, "times_seen": qt.c.times_seen + 1, "location": raw.location[:255]},
+    )
+    conn.execute(stmt)
+
+
+def _lookup(conn: Connection, need: str, keys: list[str], into: Lookups) -> None:
+    for i in range(0, len(keys), LOOKUP_SLICE):
+        part = keys[i : i + LOOKUP_SLICE]
+        if need == "roles":
+            q = select(UserRole.user_id, UserRole.role, UserRole.org_id, UserRole.role_type).where(
+                UserRole.user_id.in_(part), UserRole.active.is_(True)
+            )
+            for user, role, org, role_type in conn.execute(q):
+                # A primary role wins over a secondary one.
+                if user not in into.roles or role_type == "primary":
+                    into.roles[user] = (role, org)
+        elif need == "students":
+            q2 = select(Student.student_id).where(Student.student_id.in_(part))
+            into.students.update(r[0] for r in conn.execute(q2))
+        elif need == "student_by_local_id":
+            q3 = select(Student.local_id, Student.student_id).where(
+                Student.local_id.in_(part), Student.active.is_(True)
+            )
+            into.student_by_local_id.update({r[0]: r[1] for r in conn.execute(q3) if r[0]})
+        elif need == "line_items":
+            lt = table("line_items")
+            q4 = select(lt.c.line_item_id, lt.c.class_id, lt.c.grading_period_id).where(
+                lt.c.line_item_id.in_(part)
+            )
+            into.line_items.update({r[0]: (r[1], r[2]) for r in conn.execute(q4)})
+        else:  # pragma: no cover - a mapping declaring an unknown lookup is a programming error
+            raise ValueError(f"unknown lookup {need!r}")
+
+
+class Importer:
+    """Runs one source's streams through their mappings into the canonical tables."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        source: Source,
+        mappings: dict[str, EntityMapping],
+        config_fingerprint: bytes = b"",
+        progress: ProgressFn | None = None,
+    ) -> None:
+        self.engine = engine
+        self.source = source
+        self.mappings = mappings
+        self.config_fingerprint = config_fingerprint
+        self.progress = progress or (lambda _entity, _rows: None)
+        self.file_digests: dict[str, bytes] = {}  # entity -> digest of its chunk set, this run
+
+    def run(self) -> SyncReport:
+        report = SyncReport(self.source.name)
+        started = utcnow()
+        for stream in self.source.streams():
+            mapping = self.mappings.get(stream.name)
+            if mapping is None:
+                continue
+            stats = report.entities.setdefault(stream.name, EntityStats())
+            with self.engine.connect() as conn:
+                self._import_stream(conn, stream, mapping, stats)
+        with self.engine.begin() as conn:
+            conn.execute(
+                SyncRun.__table__.insert().values(  # type: ignore[attr-defined]
+                    source=self.source.name,
+                    started_at=started,
+                    finished_at=utcnow(),
+                    stats={k: v.as_dict() for k, v in report.entities.items()},
+                )
+            )
+        log.info(
+            "sync.finished",
+            source=self.source.name,
+            read=report.total("read"),
+            inserted=report.total("inserted"),
+            updated=report.total("updated"),
+            quarantined=sum(report.quarantined().values()),
+        )
+        return report
+
+    # -- one stream -------------------------------------------------------------------------
+
+    def _header_problems(self, stream: Stream, mapping: EntityMapping) -> tuple[list[str], bool]:
+        """Messages naming each bad column; the bool says whether the file can still be read."""
+        messages: list[str] = []
+        header = stream.header
+        missing = sorted(mapping.required - set(header))
+        unknown = [h for h in header if h not in mapping.known and not h.startswith("metadata.")]
+        for col in unknown:
+            close = difflib.get_close_matches(col, list(mapping.known), n=1, cutoff=0.75)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            messages.append(
+                f"{stream.location}: unknown column {col!r}{hint}; its values are ignored"
+            )
+        for col in missing:
+            close = difflib.get_close_matches(col, unknown, n=1, cutoff=0.75)
+            hint = f" (found {close[0]!r}: misspelled?)" if close else ""
+            messages.append(f"{stream.location}: required column {col!r} is missing{hint}")
+        return messages, not missing
+
+    def _import_stream(
+        self, conn: Connection, stream: Stream, mapping: EntityMapping, stats: EntityStats
+    ) -> None:
+        source = self.source.name
+        for problem in stream.problems:
+            stats.problems.append(problem.detail)
+            self._file_problem(conn, stream, problem.reason, problem.detail)
+        if stream.problems:
+            return
+        messages, readable = self._header_problems(stream, mapping)
+        stats.problems.extend(messages)
+        if not readable:
+            self._file_problem(conn, stream, "bad_header", "; ".join(messages))
+            log.warning(
+                "sync.stream_skipped", source=source, stream=stream.name, reason="bad_header"
+            )
+            return
+        deps = b"".join(self.file_digests.get(d, b"") for d in mapping.depends_on)
+        stream.context_fingerprint = hashlib.blake2b(
+            MAPPING_VERSION + self.config_fingerprint + stream.name.encode() + deps, digest_size=16
+        ).digest()
+        ic = table("ingest_chunks")
+        where = (ic.c.source == source) & (ic.c.file == stream.location)
+        bulk = stream.mode == "bulk"
+        if bulk:
+            known = {r[0] for r in conn.execute(select(ic.c.digest).where(where, ic.c.rows >= 0))}
+        else:
+            # A delta changes rows behind the bulk cache's back: the next bulk re-reads everything.
+            conn.execute(delete(ic).where(where))
+            conn.commit()
+            known = set()
+        seen: list[int] = []
+        batch: list[Chunk] = []
+        batch_rows = 0
+        for chunk in self.source.read(stream, known):
+            seen.append(chunk.digest)
+            stats.read += chunk.row_count
+            if chunk.rows is None:
+                stats.unchanged += chunk.row_count
+                self.progress(stream.name, chunk.row_count)
+                continue
+            batch.append(chunk)
+            batch_rows += chunk.row_count
+            if batch_rows >= BATCH_ROWS:
+                self._flush(conn, stream, mapping, batch, stats, bulk)
+                batch, batch_rows = [], 0
+        self._flush(conn, stream, mapping, batch, stats, bulk)
+        self.file_digests[stream.name] = hashlib.blake2b(
+            repr(sorted(seen)).encode(), digest_size=16
+        ).digest()
+        if bulk:
+            self._finish_bulk(conn, stream, mapping, seen, stats)
+
+    def _file_problem(self, conn: Connection, stream: Stream, reason: str, detail: str) -> None:
+        quarantine(
+            conn, self.source.name, stream.name, RawRow(stream.location, {"file": stream.location}),
+            reason, detail,
+        )  # fmt: skip
+        conn.commit()
+
+    def _flush(
+        self,
+        conn: Connection,
+        stream: Stream,
+        mapping: EntityMapping,
+        chunks: list[Chunk],
+        stats: EntityStats,
+        bulk: bool,
+    ) -> None:
+        if not chunks:
+            return
+        source = self.source.name
+        rows = [(chunk.digest, raw) for chunk in chunks for raw in chunk.rows or ()]
+        lookups = Lookups()
+        for need, column in mapping.needs:
+            keys = sorted({raw.data.get(column, "").strip() for _, raw in rows} - {""})
+            _lookup(conn, need, keys, lookups)
+        # table -> primary key -> full row tuple (the last occurrence of a key in a file wins)
+        out: dict[str, dict[tuple[Any, ...], tuple[Any, ...]]] = {t: {} for t in mapping.tables}
+        layouts = {t: _layout(t) for t in mapping.tables}
+        bad_chunks: set[int] = set()
+        for digest, raw in rows:
+            try:
+                mapped = mapping.map_row(raw.data, lookups)
+            except BadRecord as exc:
+                stats.quarantined[exc.reason] += 1
+                bad_chunks.add(digest)
+                quarantine(conn, source, stream.name, raw, exc.reason, exc.detail)
+                continue
+            if not mapped:
+                stats.ignored += 1
+            for table_name, values in mapped:
+                columns, pk_idx, content_idx = layouts[table_name]
+                values.setdefault("active", True)
+                values["source"] = source
+                values["src_chunk"] = digest
+                values["row_hash"] = 0
+                row = [values.get(c) for c in columns]
+                row[columns.index("row_hash")] = _row_digest(row[i] for i in content_idx)
+                out[table_name][tuple(row[i] for i in pk_idx)] = tuple(row)
+        for table_name, keyed in out.items():
+            inserted, updated = merge(conn, table(table_name), list(keyed.values()), bulk)
+            if table_name == mapping.tables[0]:
+                stats.inserted += inserted
+                stats.updated += updated
+        if bulk:
+            ic = table("ingest_chunks")
+            stmt = dialect_insert(conn, ic)
+            stmt = stmt.on_conflict_do_update(
+                index_elements=["source", "file", "digest"], set_={"rows": stmt.excluded.rows}
+            )
+            # rows = -1 marks a chunk with quarantined records: re-read it next time, since a
+            # record it refers to (a student) may have arrived since.
+            conn.execute(
+                stmt,
+                [
+                    {
+                        "source": source,
+                        "file": stream.location,
+                        "digest": c.digest,
+                        "rows": -1 if c.digest in bad_chunks else c.row_count,
+                    }
+                    for c in chunks
+                ],
+            )
+        conn.commit()
+        self.progress(stream.name, len(rows))
+
+    def _finish_bulk(
+        self,
+        conn: Connection,
+        stream: Stream,
+        mapping: EntityMapping,
+        seen: list[int],
+        stats: EntityStats,
+    ) -> None:
+        """Forget chunks no longer in the file, then deactivate the rows they alone held."""
+        source = self.source.name
+        ic = table("ingest_chunks")
+        current = set(seen)
+        stored = {
+            r[0]
+            for r in conn.execute(
+                select(ic.c.digest).where(ic.c.source == source, ic.c.file == stream.location)
+            )
+        }
+        gone = sorted(stored - current)
+        for i in range(0, len(gone), LOOKUP_SLICE):
+            conn.execute(
+                delete(ic).where(
+                    ic.c.source == source,
+                    ic.c.file == stream.location,
+                    ic.c.digest.in_(gone[i : i + LOOKUP_SLICE]),
+                )
+            )
+        for table_name in mapping.tables:
+            t = table(table_name)
+            still_there = select(ic.c.digest).where(
+                ic.c.source == source, ic.c.file == stream.location
+            )
+            result = conn.execute(
+                update(t)
+                .where(
+                    t.c.source == source,
+                    t.c.active.is_(True),
+                    (t.c.src_chunk.is_(None)) | (t.c.src_chunk.not_in(still_there)),
+                )
+                # A zero hash makes the row's return in a later file count as an update.
+                .values(active=False, row_hash=0)
+            )
+            if table_name == mapping.tables[0]:
+                stats.deactivated += result.rowcount
+        conn.commit()
+
+
+_LAYOUTS: dict[str, tuple[list[str], list[int], list[int]]] = {}
+
+
+def _layout(table_name: str) -> tuple[list[str], list[int], list[int]]:
+    """Column order, primary-key positions and content positions (hashed) of a table."""
+    if table_name not in _LAYOUTS:
+        t = table(table_name)
+        columns = [c.name for c in t.columns]
+        pk = [columns.index(c.name) for c in t.primary_key.columns]
+        content = [i for i, c in enumerate(columns) if c not in BOOKKEEPING]
+        _LAYOUTS[table_name] = (columns, pk, content)
+    return _LAYOUTS[table_name]

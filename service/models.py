@@ -1,0 +1,379 @@
+"""Canonical tables: what every source maps into and every job reads from.
+
+Source-keyed rows carry the source's natural key as primary key, plus `row_hash` (the mapped
+content) and `src_chunk` (the content-defined chunk of the bulk file it last came from) so a
+nightly re-import can skip unchanged data and find rows that vanished from a bulk file.
+"""
+
+from __future__ import annotations
+
+from datetime import date, datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    Date,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Text,
+    text,
+)
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+NAMING = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+Json = JSON().with_variant(JSONB(), "postgresql")
+# SQLite only auto-numbers a column declared exactly INTEGER PRIMARY KEY.
+SerialId = BigInteger().with_variant(Integer(), "sqlite")
+Key = String(128)
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING)
+    type_annotation_map = {dict[str, Any]: Json, list[Any]: Json}
+
+
+class SourceRow:
+    """Bookkeeping every source-keyed canonical row has."""
+
+    active: Mapped[bool] = mapped_column(Boolean, default=True, server_default=text("true"))
+    row_hash: Mapped[int] = mapped_column(BigInteger, default=0)
+    src_chunk: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    source: Mapped[str] = mapped_column(String(64), default="")
+
+
+class School(SourceRow, Base):
+    __tablename__ = "schools"
+    school_id: Mapped[str] = mapped_column(Key, primary_key=True)
+    name: Mapped[str] = mapped_column(String(255))
+    org_type: Mapped[str] = mapped_column(String(32), default="school")
+    identifier: Mapped[str | None] = mapped_column(String(64))
+    parent_id: Mapped[str | None] = mapped_column(Key)
+
+
+class AcademicSession(SourceRow, Base):
+    __tablename__ = "academic_sessions"
+    session_id: Mapped[str] = mapped_column(Key, primary_key=True)
+    title: Mapped[str] = mapped_column(String(255))
+    session_type: Mapped[str] = mapped_column(String(32))
+    start_date: Mapped[date] = mapped_column(Date)
+    end_date: Mapped[date] = mapped_column(Date)
+    parent_id: Mapped[str | None] = mapped_column(Key)
+    school_year: Mapped[str | None] = mapped_column(String(16))
+
+
+class Course(SourceRow, Base):
+    __tablename__ = "courses"
+    course_id: Mapped[str] = mapped_column(Key, primary_key=True)
+    title: Mapped[str] = mapped_column(String(255))
+    course_code: Mapped[str | None] = mapped_column(String(64))
+    subjects: Mapped[str | None] = mapped_column(String(255))
+    org_id: Mapped[str | None] = mapped_column(Key)
+
+
+class SchoolClass(SourceRow, Base):
+    __tablename__ = "classes"
+    class_id: Mapped[str] = mapped_column(Key, primary_key=True)
+    title: Mapped[str] = mapped_column(String(255))
+    course_id: Mapped[str | None] = mapped_column(Key)
+    school_id: Mapped[str | None] = mapped_column(Key, index=True)
+    class_type: Mapped[str | None] = mapped_column(String(32))
+    subjects: Mapped[str | None] = mapped_column(String(255))
+
+
+class Student(SourceRow, Base):
+    __tablename__ = "students"
+    student_id: Mapped[str] = mapped_column(Key, primary_key=True)
+    local_id: Mapped[str | None] = mapped_column(String(64), index=True)
+    first_name: Mapped[str] = mapped_column(String(128))
+    last_name: Mapped[str] = mapped_column(String(128))
+    grade_level: Mapped[str | None] = mapped_column(String(8))
+    school_id: Mapped[str | None] = mapped_column(Key, index=True)
+    email: Mapped[str | None] = mapped_column(String(255))
+
+
+class Contact(SourceRow, Base):
+    """A parent, guardian or other adult the school may reach about a student."""
+
+    __tablename__ = "contacts"
+    contact_id: Mapped[str] = mapped_column(Key, primary_key=True)
+    first_name: Mapped[str] = mapped_column(String(128))
+    last_name: Mapped[str] = mapped_column(String(128))
+    relationship: Mapped[str] = mapped_column(String(32))  # parent | guardian | relatedContact
+    is_guardian: Mapped[bool] = mapped_column(Boolean, default=False)
+    email: Mapped[str | None] = mapped_column(String(255))
+    sms_phone: Mapped[str | None] = mapped_column(String(20))  # E.164, able to take texts
+    voice_phone: Mapped[str | None] = mapped_column(String(20))  # E.164
+    language: Mapped[str] = mapped_column(String(8), default="en")
+    do_not_contact: Mapped[bool] = mapped_column(Boolean, default=False)
+    # Consent evidence (TCPA): the family gave the number to the school for school matters.
+    consent_basis: Mapped[str | None] = mapped_column(String(64))
+
+
+class ContactPreference(Base):
+    """Opt-outs and consent changes the family made to us; never overwritten by a sync."""
+
+    __tablename__ = "contact_preferences"
+    contact_id: Mapped[str] = mapped_column(Key, primary_key=True)
+    sms_opted_out_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    email_opted_out_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    evidence: Mapped[dict[str, Any] | None] = mapped_column(Json)
+
+
+class StudentContact(SourceRow, Base):
+    __tablename__ = "student_contacts"
+    student_id: Mapped[str] = mapped_column(Key, primary_key=True)
+    contact_id: Mapped[str] = mapped_column(Key, primary_key=True, index=True)
+    priority: Mapped[int] = mapped_column(Integer, default=1)
+
+
+class UserRole(SourceRow, Base):
+    """OneRoster 1.2 roles.csv rows: which role a user holds at which org."""
+
+    __tablename__ = "user_roles"
+    role_id: Mapped[str] = mapped_column(Key, primary_key=True)
+    user_id: Mapped[str] = mapped_column(Key, index=True)
+    role: Mapped[str] = mapped_column(String(32))
+    role_type: Mapped[str | None] = mapped_column(String(16))
+    org_id: Mapped[str | None] = mapped_column(Key)
+
+
+class Enrollment(SourceRow, Base):
+    __tablename__ = "enrollments"
+    enrollment_id: Mapped[str] = mapped_column(Key, primary_key=True)
+    user_id: Mapped[str] = mapped_column(Key, index=True)
+    class_id: Mapped[str | None] = mapped_column(Key, index=True)
+    school_id: Mapped[str | None] = mapped_column(Key)
+    role: Mapped[str] = mapped_column(String(32))
+    begin_date: Mapped[date | None] = mapped_column(Date)
+    end_date: Mapped[date | None] = mapped_column(Date)
+
+
+class LineItem(SourceRow, Base):
+    __tablename__ = "line_items"
+    line_item_id: Mapped[str] = mapped_column(Key, primary_key=True)
+    class_id: Mapped[str] = mapped_column(Key)
+    grading_period_id: Mapped[str | None] = mapped_column(Key)
+    title: Mapped[str] = mapped_column(String(255))
+
+
+class Grade(SourceRow, Base):
+    """A grading-period grade (a OneRoster result on a term-grade line item)."""
+
+    __tablename__ = "grades"
+    grade_id: Mapped[str] = mapped_column(Key, primary_key=True)
+    student_id: Mapped[str] = mapped_column(Key, index=True)
+    line_item_id: Mapped[str] = mapped_column(Key)
+    class_id: Mapped[str | None] = mapped_column(Key)
+    grading_period_id: Mapped[str | None] = mapped_column(Key)
+    score: Mapped[float | None] = mapped_column(Float)
+    letter: Mapped[str | None] = mapped_column(String(8))
+    score_status: Mapped[str | None] = mapped_column(String(32))
+    score_date: Mapped[date | None] = mapped_column(Date)
+
+
+class CalendarDay(SourceRow, Base):
+    __tablename__ = "calendar_days"
+    school_id: Mapped[str] = mapped_column(Key, primary_key=True)
+    day: Mapped[date] = mapped_column(Date, primary_key=True)
+    instructional: Mapped[bool] = mapped_column(Boolean)
+
+
+class AttendanceEvent(SourceRow, Base):
+    __tablename__ = "attendance_events"
+    event_id: Mapped[str] = mapped_column(Key, primary_key=True)
+    student_id: Mapped[str] = mapped_column(Key)
+    school_id: Mapped[str | None] = mapped_column(Key)
+    day: Mapped[date] = mapped_column(Date)
+    period: Mapped[str | None] = mapped_column(String(16))
+    category: Mapped[str] = mapped_column(String(16))  # excused|unexcused|suspension|tardy|present
+    code: Mapped[str] = mapped_column(String(32))
+    __table_args__ = (Index("ix_attendance_events_student_day", "student_id", "day"),)
+
+
+class DisciplineIncident(SourceRow, Base):
+    __tablename__ = "discipline_incidents"
+    incident_id: Mapped[str] = mapped_column(Key, primary_key=True)
+    student_id: Mapped[str] = mapped_column(Key, index=True)
+    school_id: Mapped[str | None] = mapped_column(Key)
+    day: Mapped[date] = mapped_column(Date)
+    behavior_code: Mapped[str | None] = mapped_column(String(64))
+    action: Mapped[str] = mapped_column(String(32))
+    action_code: Mapped[str | None] = mapped_column(String(32))
+    action_days: Mapped[float | None] = mapped_column(Float)
+    state_reportable: Mapped[bool] = mapped_column(Boolean, default=False)
+
+
+class IngestChunk(Base):
+    """Digests of the content-defined chunks of the last bulk file imported per (source, file)."""
+
+    __tablename__ = "ingest_chunks"
+    source: Mapped[str] = mapped_column(String(64), primary_key=True)
+    file: Mapped[str] = mapped_column(String(128), primary_key=True)
+    digest: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    rows: Mapped[int] = mapped_column(Integer)
+
+
+class SyncCursor(Base):
+    __tablename__ = "sync_cursors"
+    source: Mapped[str] = mapped_column(String(64), primary_key=True)
+    resource: Mapped[str] = mapped_column(String(128), primary_key=True)
+    value: Mapped[str] = mapped_column(Text)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class SyncRun(Base):
+    __tablename__ = "sync_runs"
+    id: Mapped[int] = mapped_column(SerialId, primary_key=True, autoincrement=True)
+    source: Mapped[str] = mapped_column(String(64))
+    started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    stats: Mapped[dict[str, Any]] = mapped_column(Json, default=dict)
+
+
+class QuarantinedRecord(Base):
+    __tablename__ = "quarantine"
+    id: Mapped[int] = mapped_column(SerialId, primary_key=True, autoincrement=True)
+    source: Mapped[str] = mapped_column(String(64))
+    entity: Mapped[str] = mapped_column(String(64))
+    record_key: Mapped[str | None] = mapped_column(String(255))
+    location: Mapped[str | None] = mapped_column(String(255))  # file:line or URL
+    reason: Mapped[str] = mapped_column(String(64), index=True)
+    detail: Mapped[str] = mapped_column(Text, default="")
+    payload: Mapped[dict[str, Any]] = mapped_column(Json)
+    fingerprint: Mapped[int] = mapped_column(BigInteger)
+    first_seen: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    last_seen: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    times_seen: Mapped[int] = mapped_column(Integer, default=1)
+    __table_args__ = (
+        Index("uq_quarantine_source_fingerprint", "source", "fingerprint", unique=True),
+    )
+
+
+class StudentIndicators(Base):
+    """The latest indicator values per student, recomputed set-based by each evaluation."""
+
+    __tablename__ = "student_indicators"
+    student_id: Mapped[str] = mapped_column(Key, primary_key=True)
+    school_id: Mapped[str | None] = mapped_column(Key)
+    grade_level: Mapped[float | None] = mapped_column(Float)
+    as_of: Mapped[date] = mapped_column(Date)
+    enrolled_days: Mapped[float] = mapped_column(Float)
+    absent_days: Mapped[float] = mapped_column(Float)
+    unexcused_absent_days: Mapped[float] = mapped_column(Float)
+    excused_absent_days: Mapped[float] = mapped_column(Float)
+    suspension_absent_days: Mapped[float] = mapped_column(Float)
+    absence_rate: Mapped[float] = mapped_column(Float)
+    attendance_rate: Mapped[float] = mapped_column(Float)
+    unexcused_absence_rate: Mapped[float] = mapped_column(Float)
+    chronically_absent: Mapped[bool] = mapped_column(Boolean)
+    approaching_chronic_absence: Mapped[bool] = mapped_column(Boolean)
+    course_failures: Mapped[float] = mapped_column(Float)
+    core_course_failures: Mapped[float] = mapped_column(Float)
+    discipline_incidents: Mapped[float] = mapped_column(Float)
+    suspensions: Mapped[float] = mapped_column(Float)
+    state_reportable_incidents: Mapped[float] = mapped_column(Float)
+
+
+class Case(Base):
+    __tablename__ = "cases"
+    id: Mapped[int] = mapped_column(SerialId, primary_key=True, autoincrement=True)
+    student_id: Mapped[str] = mapped_column(Key, index=True)
+    school_id: Mapped[str | None] = mapped_column(Key)
+    status: Mapped[str] = mapped_column(String(16), default="open")  # open | closed
+    severity: Mapped[str] = mapped_column(String(16), default="medium")
+    assignee_id: Mapped[str | None] = mapped_column(String(64), index=True)
+    revision: Mapped[int] = mapped_column(Integer, default=1)
+    opened_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    closed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    close_reason: Mapped[str | None] = mapped_column(String(64))
+    # First evaluation date on which none of the case's rule reasons fired any more.
+    recovered_since: Mapped[date | None] = mapped_column(Date)
+    reopen_count: Mapped[int] = mapped_column(Integer, default=0)
+    __table_args__ = (
+        # The database, not the code, guarantees one open case per student.
+        Index(
+            "uq_cases_one_open_per_student",
+            "student_id",
+            unique=True,
+            sqlite_where=text("status = 'open'"),
+            postgresql_where=text("status = 'open'"),
+        ),
+    )
+
+
+class Referral(Base):
+    __tablename__ = "referrals"
+    id: Mapped[int] = mapped_column(SerialId, primary_key=True, autoincrement=True)
+    case_id: Mapped[int] = mapped_column(ForeignKey("cases.id"), index=True)
+    student_id: Mapped[str] = mapped_column(Key, index=True)
+    origin: Mapped[str] = mapped_column(String(16))  # rule | person
+    rule_id: Mapped[str | None] = mapped_column(String(64))
+    rule_version: Mapped[int | None] = mapped_column(Integer)
+    rule_expression: Mapped[str | None] = mapped_column(Text)
+    reason: Mapped[str] = mapped_column(String(64))
+    severity: Mapped[str] = mapped_column(String(16))
+    resource_categories: Mapped[list[Any]] = mapped_column(Json, default=list)
+    evidence: Mapped[dict[str, Any]] = mapped_column(Json, default=dict)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    last_fired_on: Mapped[date | None] = mapped_column(Date)
+    __table_args__ = (Index("uq_referrals_case_rule", "case_id", "rule_id", unique=True),)
+
+
+class CaseEvent(Base):
+    __tablename__ = "case_events"
+    id: Mapped[int] = mapped_column(SerialId, primary_key=True, autoincrement=True)
+    case_id: Mapped[int] = mapped_column(ForeignKey("cases.id"), index=True)
+    kind: Mapped[str] = mapped_column(String(32))
+    detail: Mapped[dict[str, Any]] = mapped_column(Json, default=dict)
+    at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class OutboxItem(Base):
+    __tablename__ = "outbox"
+    id: Mapped[int] = mapped_column(SerialId, primary_key=True, autoincrement=True)
+    idempotency_key: Mapped[str] = mapped_column(String(255), unique=True)
+    kind: Mapped[str] = mapped_column(String(32))  # task | family_message
+    target: Mapped[str] = mapped_column(String(64))  # destination or channel name
+    case_id: Mapped[int | None] = mapped_column(ForeignKey("cases.id"), index=True)
+    student_id: Mapped[str | None] = mapped_column(Key)
+    contact_id: Mapped[str | None] = mapped_column(Key)
+    payload: Mapped[dict[str, Any]] = mapped_column(Json)
+    status: Mapped[str] = mapped_column(String(16), default="pending")  # pending|delivered|dead
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    claimed_until: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    last_error: Mapped[str | None] = mapped_column(Text)
+    external_id: Mapped[str | None] = mapped_column(String(255))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    delivered_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    __table_args__ = (Index("ix_outbox_due", "status", "next_attempt_at"),)
+
+
+class Disclosure(Base):
+    """34 CFR 99.32: what student data left the system, to whom, when and on what basis."""
+
+    __tablename__ = "disclosures"
+    id: Mapped[int] = mapped_column(SerialId, primary_key=True, autoincrement=True)
+    student_id: Mapped[str] = mapped_column(Key, index=True)
+    recipient: Mapped[str] = mapped_column(String(255))
+    recipient_kind: Mapped[str] = mapped_column(String(32))  # staff_tool | family
+    data_categories: Mapped[list[Any]] = mapped_column(Json)
+    basis: Mapped[str] = mapped_column(String(255))
+    outbox_id: Mapped[int | None] = mapped_column(ForeignKey("outbox.id"))
+    disclosed_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
