@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import random
+import socket
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -69,6 +70,48 @@ def backoff(cfg: OutboxConfig, attempts: int, retry_after: float | None = None) 
     return max(delay, retry_after or 0.0)
 
 
+WORKER = f"{socket.gethostname()}:{os.getpid()}"
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def release_dead_claims(engine: Engine) -> int:
+    """Free leases held by workers on this host that died, so a restart redelivers at once.
+
+    Leases of workers on other hosts are left to expire: we cannot see those processes.
+    """
+    host = socket.gethostname()
+    now = utcnow()
+    with engine.begin() as conn:
+        held = conn.execute(
+            select(OutboxItem.id, OutboxItem.claimed_by).where(
+                OutboxItem.status == "pending",
+                OutboxItem.claimed_until > now,
+                OutboxItem.claimed_by.like(f"{host}:%"),
+            )
+        ).all()
+        dead = [
+            item_id
+            for item_id, owner in held
+            if owner and owner != WORKER and not _pid_alive(int(owner.rsplit(":", 1)[1]))
+        ]
+        if dead:
+            conn.execute(
+                update(OutboxItem)
+                .where(OutboxItem.id.in_(dead))
+                .values(claimed_until=None, claimed_by=None)
+            )
+    return len(dead)
+
+
 def _claim(engine: Engine, limit: int) -> list[OutboxItem]:
     """Take due items with a lease; on PostgreSQL, concurrent workers skip each other's rows."""
     now = utcnow()
@@ -90,7 +133,7 @@ def _claim(engine: Engine, limit: int) -> list[OutboxItem]:
             conn.execute(
                 update(OutboxItem)
                 .where(OutboxItem.id.in_([r["id"] for r in rows]))
-                .values(claimed_until=now + LEASE)
+                .values(claimed_until=now + LEASE, claimed_by=WORKER)
             )
     return [OutboxItem(**dict(r)) for r in rows]
 
@@ -109,6 +152,7 @@ def dispatch(
 ) -> DispatchReport:
     """Deliver every due item once; failures are scheduled again or dead-lettered."""
     report = DispatchReport()
+    release_dead_claims(engine)
     while True:
         items = _claim(engine, cfg.batch_size)
         if not items:
@@ -133,6 +177,7 @@ def dispatch(
                             delivered_at=utcnow(),
                             external_id=result.external_id,
                             claimed_until=None,
+                            claimed_by=None,
                             last_error=None,
                         )
                     )
@@ -160,6 +205,7 @@ def _failed(
         "attempts": attempts,
         "last_error": error[:2000],
         "claimed_until": None,
+        "claimed_by": None,
         "status": "dead" if dead else "pending",
     }
     if not dead:

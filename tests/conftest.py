@@ -77,8 +77,8 @@ def example_config() -> dict[str, Any]:
     return yaml.safe_load(EXAMPLE_CONFIG.read_text(encoding="utf-8"))
 
 
-def settings_for(db_url: str, data_dir: Path, out_dir: Path, **overrides: Any) -> Settings:
-    """The shipped example configuration, pointed at `data_dir` and a test database."""
+def raw_config_for(db_url: str, data_dir: Path, out_dir: Path, **overrides: Any) -> dict[str, Any]:
+    """The shipped example configuration as a mapping, pointed at `data_dir` and a database."""
     raw = copy.deepcopy(example_config())
     raw["database"] = {"url": db_url}
     raw["output_dir"] = str(out_dir)
@@ -87,7 +87,18 @@ def settings_for(db_url: str, data_dir: Path, out_dir: Path, **overrides: Any) -
         source["path"] = str(data_dir / sub)
     for key, value in overrides.items():
         raw[key] = value
+    return raw
+
+
+def settings_for(db_url: str, data_dir: Path, out_dir: Path, **overrides: Any) -> Settings:
+    raw = raw_config_for(db_url, data_dir, out_dir, **overrides)
     return parse_settings(raw, "test-config.yaml", data_dir)
+
+
+def write_config(path: Path, db_url: str, data_dir: Path, out_dir: Path, **overrides: Any) -> Path:
+    """The same configuration as a YAML file, for tests that run the real CLI."""
+    path.write_text(yaml.safe_dump(raw_config_for(db_url, data_dir, out_dir, **overrides)))
+    return path
 
 
 @pytest.fixture
