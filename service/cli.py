@@ -11,6 +11,7 @@ from typing import Any
 
 import click
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn
 from rich.table import Table
 
@@ -29,7 +30,8 @@ from service.pipeline import (
     run_sync,
 )
 
-console = Console(stderr=False, highlight=False)
+# Piped output (CI logs, cron mail) gets a width that fits the summary tables.
+console = Console(highlight=False, width=None if sys.stdout.isatty() else 140)
 DEFAULT_CONFIG = "config/district.yaml"
 
 
@@ -40,7 +42,7 @@ def _settings(ctx: click.Context) -> Settings:
     except ConfigError as exc:
         console.print(f"[bold red]Configuration problems ({len(exc.problems)}):[/]")
         for p in exc.problems:
-            console.print(f"  {p}", markup=False)
+            console.print(f"  {p}", markup=False, soft_wrap=True)
         ctx.exit(2)
         raise  # unreachable: ctx.exit raises
 
@@ -170,7 +172,7 @@ def run(ctx: click.Context, as_of: Any) -> None:
     _evaluate(settings, as_of.date() if as_of else None)
     _dispatch(settings)
     out = settings.resolve(settings.output_dir)
-    console.print(f"Output folder: {out}")
+    console.print(f"Output folder: {out.resolve()}")
     if any(r.error for r in reports):
         sys.exit(1)
 
@@ -242,7 +244,7 @@ def print_sync(reports: list[SyncReport]) -> None:
             problems += s.problems
     console.print(table)
     for p in problems:
-        console.print(f"[yellow]problem:[/] {p}", markup=True)
+        console.print(f"[yellow]problem:[/] {escape(p)}", soft_wrap=True)
 
 
 def print_evaluation(r: EvaluationReport) -> None:

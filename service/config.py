@@ -234,33 +234,50 @@ class Settings(Strict):
     base_dir: Path = Path(".")
     source_file: str = "<memory>"
 
-    @model_validator(mode="after")
-    def _cross_checks(self) -> Settings:
-        problems: list[str] = []
-        named: list[tuple[str, list[str]]] = [
-            ("sources", [s.name for s in self.sources]),
-            ("rules", [r.id for r in self.rules]),
-            ("caseloads", [c.staff_id for c in self.caseloads]),
-            ("resources", [r.id for r in self.resources]),
-            ("destinations and channels",
-             [d.name for d in self.destinations] + [c.name for c in self.channels]),
-        ]  # fmt: skip
-        for kind, names in named:
-            dupes = sorted({n for n in names if names.count(n) > 1})
-            if dupes:
-                problems.append(f"{kind}: duplicate names {dupes}")
-        categories = {r.category for r in self.resources}
-        for rule in self.rules:
-            missing = [c for c in rule.resources if c not in categories]
-            if missing:
-                problems.append(f"rules[{rule.id}].resources: no resource has category {missing}")
-        if problems:
-            raise ValueError("; ".join(problems))
-        return self
-
     def resolve(self, path: Path | str) -> Path:
         p = Path(path)
         return p if p.is_absolute() else (self.base_dir / p)
+
+
+def _cross_problems(raw: dict[str, Any], file: str) -> list[ConfigProblem]:
+    """Checks across sections, on the raw mapping so they run even when a field is invalid."""
+    problems: list[ConfigProblem] = []
+
+    def items(key: str) -> list[dict[str, Any]]:
+        value = raw.get(key)
+        return [v for v in value if isinstance(v, dict)] if isinstance(value, list) else []
+
+    named = [
+        ("sources", "name", items("sources")),
+        ("rules", "id", items("rules")),
+        ("caseloads", "staff_id", items("caseloads")),
+        ("resources", "id", items("resources")),
+        ("destinations", "name", items("destinations")),
+        ("channels", "name", items("channels")),
+    ]
+    for section, field, entries in named:
+        seen: set[str] = set()
+        for index, entry in enumerate(entries):
+            name = entry.get(field)
+            if isinstance(name, str) and name in seen:
+                problems.append(
+                    ConfigProblem(file, f"{section}[{index}].{field}", f"duplicate {name!r}")
+                )
+            if isinstance(name, str):
+                seen.add(name)
+    categories = {r.get("category") for r in items("resources")}
+    for index, rule in enumerate(items("rules")):
+        wanted = rule.get("resources")
+        if not isinstance(wanted, list):
+            continue
+        missing = [c for c in wanted if c not in categories]
+        if missing:
+            problems.append(
+                ConfigProblem(
+                    file, f"rules[{index}].resources", f"no resource has category {missing}"
+                )
+            )
+    return problems
 
 
 def _expand_env(node: Any, path: str, problems: list[ConfigProblem], file: str) -> Any:
@@ -307,6 +324,7 @@ def parse_settings(raw: Any, file: str = "<memory>", base_dir: Path | None = Non
     expanded = _expand_env(raw, "", problems, file)
     expanded["base_dir"] = base_dir or Path(".")
     expanded["source_file"] = file
+    settings: Settings | None = None
     try:
         settings = Settings.model_validate(expanded)
     except ValidationError as exc:
@@ -315,8 +333,8 @@ def parse_settings(raw: Any, file: str = "<memory>", base_dir: Path | None = Non
             if err["type"] == "extra_forbidden":
                 msg = "unknown key"
             problems.append(ConfigProblem(file, _loc(err["loc"]), msg))
-        raise ConfigError(problems) from None
-    if problems:
+    problems += _cross_problems(expanded, file)
+    if problems or settings is None:
         raise ConfigError(problems)
     return settings
 

@@ -49,10 +49,14 @@ def enqueue(conn: Connection, items: list[dict[str, Any]]) -> int:
         }
         for item in items
     ]
-    stmt = dialect_insert(conn, table("outbox")).on_conflict_do_nothing(
-        index_elements=["idempotency_key"]
+    outbox = table("outbox")
+    stmt = (
+        dialect_insert(conn, outbox)
+        .on_conflict_do_nothing(index_elements=["idempotency_key"])
+        .returning(outbox.c.id)
     )
-    return conn.execute(stmt, rows).rowcount
+    # RETURNING counts what was really added; executemany's rowcount is -1 on psycopg.
+    return len(conn.execute(stmt, rows).all())
 
 
 @dataclass
