@@ -9,7 +9,7 @@ Connectors do I/O and nothing else: mapping lives in `mappings/`, storage in `se
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
@@ -18,10 +18,13 @@ SyncMode = Literal["bulk", "delta"]
 
 @dataclass(frozen=True)
 class RawRow:
-    """One source record as read, before mapping; `location` says where it came from."""
+    """One source record as read, before mapping; `location` says where it came from.
+
+    CSV rows hold strings; API records hold the parsed JSON object.
+    """
 
     location: str
-    data: dict[str, str]
+    data: dict[str, Any]
 
 
 @dataclass
@@ -34,6 +37,10 @@ class Chunk:
     digest: int
     row_count: int
     rows: list[RawRow] | None
+    # Where to resume after this chunk commits (API sources); None for files.
+    cursor: str | None = None
+    # The rows name records the source deleted (or whose key changed away): deactivate them.
+    deletions: bool = False
 
 
 @dataclass
@@ -56,6 +63,10 @@ class Stream:
     # A fingerprint of everything outside the rows that changes their meaning (code maps,
     # files the rows are resolved against); a change forces re-reading unchanged chunks.
     context_fingerprint: bytes = b""
+    # API sources resume from a saved cursor; a file is simply read again (known chunks skip).
+    resumable: bool = False
+    # True when this read continues a full pull that was interrupted (keeps its generation).
+    resuming: bool = False
 
 
 class Source(Protocol):
@@ -63,12 +74,19 @@ class Source(Protocol):
 
     name: str
 
-    def streams(self) -> list[Stream]:
-        """The streams this source offers now, in dependency order (orgs before users...)."""
+    def streams(self, saved: Mapping[str, str]) -> list[Stream]:
+        """The streams to read now, in dependency order (orgs before users...).
+
+        `saved` holds this source's committed cursors by resource (empty for a full reconcile):
+        an API source decides from it between an incremental pull and a full one.
+        """
         ...
 
-    def read(self, stream: Stream, known_chunks: set[int]) -> Iterator[Chunk]:
-        """Yield the stream's chunks; those whose digest is in `known_chunks` may come unparsed."""
+    def read(self, stream: Stream, known_chunks: set[int], cursor: str | None) -> Iterator[Chunk]:
+        """Yield the stream's chunks, resuming after `cursor` (the last committed chunk's).
+
+        Chunks whose digest is in `known_chunks` may come unparsed (`rows=None`).
+        """
         ...
 
 

@@ -160,7 +160,7 @@ def compute_indicators(conn: Connection, cfg: IndicatorConfig, as_of: date) -> I
     _temp(
         conn,
         "tmp_discipline",
-        "SELECT student_id, COUNT(*) AS incidents, "
+        "SELECT student_id, SUM(CASE WHEN counts_as_incident THEN 1 ELSE 0 END) AS incidents, "
         "SUM(CASE WHEN action IN ('out_of_school_suspension', 'expulsion') THEN 1 ELSE 0 END)"
         " AS suspensions, "
         "SUM(CASE WHEN state_reportable THEN 1 ELSE 0 END) AS reportable "

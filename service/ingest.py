@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import difflib
 import hashlib
+import time
 from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
 import structlog
-from sqlalchemy import Connection, Engine, delete, select, update
+from sqlalchemy import Connection, Engine, bindparam, delete, select, update
 
 from connectors.base import Chunk, RawRow, Source, Stream
 from connectors.sources.csv_chunks import digest64
@@ -148,18 +149,30 @@ class Importer:
         mappings: dict[str, EntityMapping],
         config_fingerprint: bytes = b"",
         progress: ProgressFn | None = None,
+        full: bool = False,
     ) -> None:
+        self.full = full
         self.engine = engine
         self.source = source
         self.mappings = mappings
         self.config_fingerprint = config_fingerprint
         self.progress = progress or (lambda _entity, _rows: None)
         self.file_digests: dict[str, bytes] = {}  # entity -> digest of its chunk set, this run
+        self.saved: dict[str, str] = {}
 
     def run(self) -> SyncReport:
         report = SyncReport(self.source.name)
         started = utcnow()
-        for stream in self.source.streams():
+        with self.engine.connect() as conn:
+            sc = table("sync_cursors")
+            saved = {
+                r.resource: r.value
+                for r in conn.execute(
+                    select(sc.c.resource, sc.c.value).where(sc.c.source == self.source.name)
+                )
+            }
+        self.saved = {} if self.full else saved
+        for stream in self.source.streams(self.saved):
             mapping = self.mappings.get(stream.name)
             if mapping is None:
                 continue
@@ -214,14 +227,15 @@ class Importer:
             self._file_problem(conn, stream, problem.reason, problem.detail)
         if stream.problems:
             return
-        messages, readable = self._header_problems(stream, mapping)
-        stats.problems.extend(messages)
-        if not readable:
-            self._file_problem(conn, stream, "bad_header", "; ".join(messages))
-            log.warning(
-                "sync.stream_skipped", source=source, stream=stream.name, reason="bad_header"
-            )
-            return
+        if not stream.resumable:  # files have headers to check; API records do not
+            messages, readable = self._header_problems(stream, mapping)
+            stats.problems.extend(messages)
+            if not readable:
+                self._file_problem(conn, stream, "bad_header", "; ".join(messages))
+                log.warning(
+                    "sync.stream_skipped", source=source, stream=stream.name, reason="bad_header"
+                )
+                return
         deps = b"".join(self.file_digests.get(d, b"") for d in mapping.depends_on)
         stream.context_fingerprint = hashlib.blake2b(
             MAPPING_VERSION + self.config_fingerprint + stream.name.encode() + deps, digest_size=16
@@ -229,8 +243,10 @@ class Importer:
         ic = table("ingest_chunks")
         where = (ic.c.source == source) & (ic.c.file == stream.location)
         bulk = stream.mode == "bulk"
+        generation = 0
         if bulk:
             known = {r[0] for r in conn.execute(select(ic.c.digest).where(where, ic.c.rows >= 0))}
+            generation = self._generation(conn, stream)
         else:
             # A delta changes rows behind the bulk cache's back: the next bulk re-reads everything.
             conn.execute(delete(ic).where(where))
@@ -239,24 +255,36 @@ class Importer:
         seen: list[int] = []
         batch: list[Chunk] = []
         batch_rows = 0
-        for chunk in self.source.read(stream, known):
+        cursor = self.saved.get(stream.name) if stream.resumable else None
+        for chunk in self.source.read(stream, known, cursor):
             seen.append(chunk.digest)
             stats.read += chunk.row_count
             if chunk.rows is None:
                 stats.unchanged += chunk.row_count
-                self.progress(stream.name, chunk.row_count)
-                continue
+            else:
+                batch_rows += chunk.row_count
             batch.append(chunk)
-            batch_rows += chunk.row_count
-            if batch_rows >= BATCH_ROWS:
-                self._flush(conn, stream, mapping, batch, stats, bulk)
+            if batch_rows >= BATCH_ROWS or len(batch) >= 256:
+                self._flush(conn, stream, mapping, batch, stats, generation)
                 batch, batch_rows = [], 0
-        self._flush(conn, stream, mapping, batch, stats, bulk)
+        self._flush(conn, stream, mapping, batch, stats, generation)
         self.file_digests[stream.name] = hashlib.blake2b(
             repr(sorted(seen)).encode(), digest_size=16
         ).digest()
         if bulk:
-            self._finish_bulk(conn, stream, mapping, seen, stats)
+            self._finish_bulk(conn, stream, mapping, generation, stats)
+
+    def _generation(self, conn: Connection, stream: Stream) -> int:
+        """The id of this full pull; a resumed pull keeps the one it started with."""
+        key = f"{stream.name}#generation"
+        if stream.resuming:
+            saved = read_cursor(conn, self.source.name, key)
+            if saved:
+                return int(saved)
+        generation = time.time_ns() // 1000
+        save_cursor(conn, self.source.name, key, str(generation))
+        conn.commit()
+        return generation
 
     def _file_problem(self, conn: Connection, stream: Stream, reason: str, detail: str) -> None:
         quarantine(
@@ -272,19 +300,21 @@ class Importer:
         mapping: EntityMapping,
         chunks: list[Chunk],
         stats: EntityStats,
-        bulk: bool,
+        generation: int,
     ) -> None:
+        """Map and merge a batch, record its chunks and cursor, and commit them together."""
         if not chunks:
             return
         source = self.source.name
-        rows = [(chunk.digest, raw) for chunk in chunks for raw in chunk.rows or ()]
+        bulk = stream.mode == "bulk"
+        rows = [(c.digest, raw) for c in chunks if not c.deletions for raw in c.rows or ()]
+        gone = [raw for c in chunks if c.deletions for raw in c.rows or ()]
         lookups = Lookups()
         for need, column in mapping.needs:
-            keys = sorted({raw.data.get(column, "").strip() for _, raw in rows} - {""})
+            keys = sorted({str(raw.data.get(column) or "").strip() for _, raw in rows} - {""})
             _lookup(conn, need, keys, lookups)
         # table -> primary key -> full row tuple (the last occurrence of a key in a file wins)
         out: dict[str, dict[tuple[Any, ...], tuple[Any, ...]]] = {t: {} for t in mapping.tables}
-        layouts = {t: _layout(t) for t in mapping.tables}
         bad_chunks: set[int] = set()
         for digest, raw in rows:
             try:
@@ -297,24 +327,63 @@ class Importer:
             if not mapped:
                 stats.ignored += 1
             for table_name, values in mapped:
-                columns, pk_idx, content_idx = layouts[table_name]
-                values.setdefault("active", True)
-                values["source"] = source
-                values["src_chunk"] = digest
-                values["row_hash"] = 0
-                row = [values.get(c) for c in columns]
-                row[columns.index("row_hash")] = _row_digest(row[i] for i in content_idx)
-                out[table_name][tuple(row[i] for i in pk_idx)] = tuple(row)
+                key, row = _canonical_row(table_name, values, source, digest)
+                out[table_name][key] = row
         for table_name, keyed in out.items():
             inserted, updated = merge(conn, table(table_name), list(keyed.values()), bulk)
             if table_name == mapping.tables[0]:
                 stats.inserted += inserted
                 stats.updated += updated
+        if gone and mapping.map_delete is not None:
+            stats.deactivated += self._deactivate(conn, mapping, gone)
         if bulk:
-            ic = table("ingest_chunks")
+            self._record_chunks(conn, stream, chunks, bad_chunks, generation)
+        last_cursor = next((c.cursor for c in reversed(chunks) if c.cursor is not None), None)
+        if last_cursor is not None:
+            save_cursor(conn, source, stream.name, last_cursor)
+        conn.commit()
+        self.progress(stream.name, sum(c.row_count for c in chunks))
+
+    def _deactivate(self, conn: Connection, mapping: EntityMapping, gone: list[RawRow]) -> int:
+        assert mapping.map_delete is not None
+        by_table: dict[str, list[dict[str, Any]]] = {}
+        for raw in gone:
+            for table_name, key in mapping.map_delete(raw.data):
+                by_table.setdefault(table_name, []).append(key)
+        count = 0
+        for table_name, keys in by_table.items():
+            t = table(table_name)
+            pk = [c.name for c in t.primary_key.columns]
+            stmt = (
+                update(t)
+                .where(*(t.c[k] == bindparam(f"k_{k}") for k in pk))
+                .where(t.c.source == self.source.name, t.c.active.is_(True))
+                .values(active=False, row_hash=0)
+            )
+            params = [{f"k_{k}": key[k] for k in pk} for key in keys]
+            # One statement per key: rowcount of executemany is not reliable on every driver.
+            for p in params:
+                changed = conn.execute(stmt, p).rowcount
+                if table_name == mapping.tables[0]:
+                    count += changed
+        return count
+
+    def _record_chunks(
+        self,
+        conn: Connection,
+        stream: Stream,
+        chunks: list[Chunk],
+        bad_chunks: set[int],
+        generation: int,
+    ) -> None:
+        source = self.source.name
+        ic = table("ingest_chunks")
+        parsed = [c for c in chunks if c.rows is not None and not c.deletions]
+        if parsed:
             stmt = dialect_insert(conn, ic)
             stmt = stmt.on_conflict_do_update(
-                index_elements=["source", "file", "digest"], set_={"rows": stmt.excluded.rows}
+                index_elements=["source", "file", "digest"],
+                set_={"rows": stmt.excluded.rows, "generation": stmt.excluded.generation},
             )
             # rows = -1 marks a chunk with quarantined records: re-read it next time, since a
             # record it refers to (a student) may have arrived since.
@@ -326,45 +395,39 @@ class Importer:
                         "file": stream.location,
                         "digest": c.digest,
                         "rows": -1 if c.digest in bad_chunks else c.row_count,
+                        "generation": generation,
                     }
-                    for c in chunks
+                    for c in parsed
                 ],
             )
-        conn.commit()
-        self.progress(stream.name, len(rows))
+        skipped = [c.digest for c in chunks if c.rows is None]
+        for i in range(0, len(skipped), LOOKUP_SLICE):
+            conn.execute(
+                update(ic)
+                .where(
+                    ic.c.source == source,
+                    ic.c.file == stream.location,
+                    ic.c.digest.in_(skipped[i : i + LOOKUP_SLICE]),
+                )
+                .values(generation=generation)
+            )
 
     def _finish_bulk(
         self,
         conn: Connection,
         stream: Stream,
         mapping: EntityMapping,
-        seen: list[int],
+        generation: int,
         stats: EntityStats,
     ) -> None:
-        """Forget chunks no longer in the file, then deactivate the rows they alone held."""
+        """Forget chunks this pull did not see, then deactivate the rows they alone held."""
         source = self.source.name
         ic = table("ingest_chunks")
-        current = set(seen)
-        stored = {
-            r[0]
-            for r in conn.execute(
-                select(ic.c.digest).where(ic.c.source == source, ic.c.file == stream.location)
-            )
-        }
-        gone = sorted(stored - current)
-        for i in range(0, len(gone), LOOKUP_SLICE):
-            conn.execute(
-                delete(ic).where(
-                    ic.c.source == source,
-                    ic.c.file == stream.location,
-                    ic.c.digest.in_(gone[i : i + LOOKUP_SLICE]),
-                )
-            )
+        mine = (ic.c.source == source) & (ic.c.file == stream.location)
+        conn.execute(delete(ic).where(mine, ic.c.generation != generation))
+        still_there = select(ic.c.digest).where(mine)
         for table_name in mapping.tables:
             t = table(table_name)
-            still_there = select(ic.c.digest).where(
-                ic.c.source == source, ic.c.file == stream.location
-            )
             result = conn.execute(
                 update(t)
                 .where(
@@ -377,18 +440,65 @@ class Importer:
             )
             if table_name == mapping.tables[0]:
                 stats.deactivated += result.rowcount
+        clear_cursor(conn, source, f"{stream.name}#generation")
         conn.commit()
 
 
-_LAYOUTS: dict[str, tuple[list[str], list[int], list[int]]] = {}
+def read_cursor(conn: Connection, source: str, resource: str) -> str | None:
+    sc = table("sync_cursors")
+    return conn.execute(
+        select(sc.c.value).where(sc.c.source == source, sc.c.resource == resource)
+    ).scalar()
 
 
-def _layout(table_name: str) -> tuple[list[str], list[int], list[int]]:
-    """Column order, primary-key positions and content positions (hashed) of a table."""
+def save_cursor(conn: Connection, source: str, resource: str, value: str) -> None:
+    """In the caller's transaction: the cursor moves only when the rows before it commit."""
+    sc = table("sync_cursors")
+    stmt = dialect_insert(conn, sc).values(
+        source=source, resource=resource, value=value, updated_at=utcnow()
+    )
+    conn.execute(
+        stmt.on_conflict_do_update(
+            index_elements=["source", "resource"],
+            set_={"value": stmt.excluded.value, "updated_at": stmt.excluded.updated_at},
+        )
+    )
+
+
+def clear_cursor(conn: Connection, source: str, resource: str) -> None:
+    sc = table("sync_cursors")
+    conn.execute(delete(sc).where(sc.c.source == source, sc.c.resource == resource))
+
+
+def _canonical_row(
+    table_name: str, values: dict[str, Any], source: str, digest: int
+) -> tuple[tuple[Any, ...], tuple[Any, ...]]:
+    """The full row in table column order, with bookkeeping and a hash of its content."""
+    columns, pk_idx, content_idx, defaults = _layout(table_name)
+    values.setdefault("active", True)
+    values["source"] = source
+    values["src_chunk"] = digest
+    values["row_hash"] = 0
+    row = [values[c] if c in values else defaults.get(c) for c in columns]
+    row[columns.index("row_hash")] = _row_digest(row[i] for i in content_idx)
+    return tuple(row[i] for i in pk_idx), tuple(row)
+
+
+Layout = tuple[list[str], list[int], list[int], dict[str, Any]]
+_LAYOUTS: dict[str, Layout] = {}
+
+
+def _layout(table_name: str) -> Layout:
+    """Column order, primary-key and content positions, and Python-side defaults of a table."""
     if table_name not in _LAYOUTS:
         t = table(table_name)
         columns = [c.name for c in t.columns]
         pk = [columns.index(c.name) for c in t.primary_key.columns]
         content = [i for i, c in enumerate(columns) if c not in BOOKKEEPING]
-        _LAYOUTS[table_name] = (columns, pk, content)
+        defaults = {
+            c.name: c.default.arg  # type: ignore[attr-defined]
+            for c in t.columns
+            if c.default is not None and c.default.is_scalar
+        }
+        _LAYOUTS[table_name] = (columns, pk, content, defaults)
     return _LAYOUTS[table_name]

@@ -120,6 +120,10 @@ class Contact(SourceRow, Base):
     voice_phone: Mapped[str | None] = mapped_column(String(20))  # E.164
     language: Mapped[str] = mapped_column(String(8), default="en")
     do_not_contact: Mapped[bool] = mapped_column(Boolean, default=False)
+    # doNotPublishIndicator on the chosen phone: usable to reach the family, never disclosed.
+    phone_unlisted: Mapped[bool] = mapped_column(
+        Boolean, default=False, server_default=text("false")
+    )
     # Consent evidence (TCPA): the family gave the number to the school for school matters.
     consent_basis: Mapped[str | None] = mapped_column(String(64))
 
@@ -135,10 +139,19 @@ class ContactPreference(Base):
 
 
 class StudentContact(SourceRow, Base):
+    """The link between a student and an adult, with what the SIS says about it."""
+
     __tablename__ = "student_contacts"
     student_id: Mapped[str] = mapped_column(Key, primary_key=True)
     contact_id: Mapped[str] = mapped_column(Key, primary_key=True, index=True)
     priority: Mapped[int] = mapped_column(Integer, default=1)
+    # Ed-Fi keeps these on the association; NULL means the source did not say.
+    relationship: Mapped[str | None] = mapped_column(String(64))
+    is_guardian: Mapped[bool | None] = mapped_column(Boolean)
+    primary_contact: Mapped[bool | None] = mapped_column(Boolean)
+    lives_with: Mapped[bool | None] = mapped_column(Boolean)
+    # contactRestrictions such as a court order: never contact this adult about this student.
+    no_contact: Mapped[bool] = mapped_column(Boolean, default=False, server_default=text("false"))
 
 
 class UserRole(SourceRow, Base):
@@ -161,6 +174,7 @@ class Enrollment(SourceRow, Base):
     role: Mapped[str] = mapped_column(String(32))
     begin_date: Mapped[date | None] = mapped_column(Date)
     end_date: Mapped[date | None] = mapped_column(Date)
+    grade_level: Mapped[str | None] = mapped_column(String(8))
 
 
 class LineItem(SourceRow, Base):
@@ -216,6 +230,21 @@ class DisciplineIncident(SourceRow, Base):
     action_code: Mapped[str | None] = mapped_column(String(32))
     action_days: Mapped[float | None] = mapped_column(Float)
     state_reportable: Mapped[bool] = mapped_column(Boolean, default=False)
+    # Ed-Fi sends the incident and the action taken as separate records: an action row adds a
+    # suspension without counting as a second incident.
+    counts_as_incident: Mapped[bool] = mapped_column(
+        Boolean, default=True, server_default=text("true")
+    )
+
+
+class DisciplineReport(SourceRow, Base):
+    """An incident as the school reported it (Ed-Fi disciplineIncidents): its date and weight."""
+
+    __tablename__ = "discipline_reports"
+    report_id: Mapped[str] = mapped_column(Key, primary_key=True)  # incidentIdentifier|schoolId
+    school_id: Mapped[str | None] = mapped_column(Key)
+    day: Mapped[date] = mapped_column(Date)
+    state_reportable: Mapped[bool] = mapped_column(Boolean, default=False)
 
 
 class IngestChunk(Base):
@@ -226,6 +255,8 @@ class IngestChunk(Base):
     file: Mapped[str] = mapped_column(String(128), primary_key=True)
     digest: Mapped[int] = mapped_column(BigInteger, primary_key=True)
     rows: Mapped[int] = mapped_column(Integer)
+    # The pull that last saw this chunk; a resumed full pull keeps its generation.
+    generation: Mapped[int] = mapped_column(BigInteger, default=0, server_default=text("0"))
 
 
 class SyncCursor(Base):

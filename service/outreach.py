@@ -11,7 +11,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Connection, select
+from sqlalchemy import Connection, func, select
 
 from service.config import ResourceConfig, Settings
 from service.models import Contact, ContactPreference, StudentContact
@@ -48,7 +48,9 @@ def reachable_contacts(conn: Connection, student_ids: Iterable[str]) -> dict[str
                 StudentContact.student_id.in_(ids[i : i + 5000]),
                 StudentContact.active.is_(True),
                 Contact.active.is_(True),
-                Contact.is_guardian.is_(True),
+                # The association's word wins over the contact's (Ed-Fi legalGuardian).
+                func.coalesce(StudentContact.is_guardian, Contact.is_guardian).is_(True),
+                StudentContact.no_contact.is_(False),
                 Contact.do_not_contact.is_(False),
             )
             .order_by(StudentContact.student_id, StudentContact.priority, Contact.contact_id)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import csv
 import io
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 from connectors.base import Chunk, Stream, StreamProblem, SyncMode
@@ -32,7 +32,7 @@ class OneRosterCsvSource:
             rows = list(csv.reader(io.StringIO(decode(fh.read()))))
         return {r[0].strip(): r[1].strip() for r in rows[1:] if len(r) >= 2}
 
-    def streams(self) -> list[Stream]:
+    def streams(self, saved: Mapping[str, str]) -> list[Stream]:
         out: list[Stream] = []
         for mapping in entity_mappings():
             declared = self.manifest.get(f"file.{mapping.entity}", "")
@@ -51,7 +51,7 @@ class OneRosterCsvSource:
             out.append(stream)
         return out
 
-    def read(self, stream: Stream, known_chunks: set[int]) -> Iterator[Chunk]:
+    def read(self, stream: Stream, known_chunks: set[int], cursor: str | None) -> Iterator[Chunk]:
         with self.package.open(stream.location) as fh:
             read_header(fh)
             yield from iter_chunks(

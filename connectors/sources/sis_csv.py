@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 from connectors.base import Chunk, Stream, StreamProblem
@@ -29,7 +29,7 @@ class SisCsvExportSource:
             if spec is not None
         }
 
-    def streams(self) -> list[Stream]:
+    def streams(self, saved: Mapping[str, str]) -> list[Stream]:
         out: list[Stream] = []
         for entity, file in self.files.items():
             stream = Stream(entity, "bulk", file)
@@ -41,7 +41,7 @@ class SisCsvExportSource:
             out.append(stream)
         return out
 
-    def read(self, stream: Stream, known_chunks: set[int]) -> Iterator[Chunk]:
+    def read(self, stream: Stream, known_chunks: set[int], cursor: str | None) -> Iterator[Chunk]:
         with self.package.open(stream.location) as fh:
             read_header(fh)
             yield from iter_chunks(
