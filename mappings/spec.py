@@ -7,6 +7,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 Row = dict[str, Any]
+# (Lookups field, the raw column holding the keys, or a function of the record giving the key)
+Need = tuple[str, "str | Callable[[dict[str, Any]], str]"]
 Mapped = list[tuple[str, Row]]  # (canonical table, row)
 
 
@@ -16,6 +18,9 @@ class Lookups:
 
     roles: dict[str, tuple[str, str | None]] = field(default_factory=dict)  # user -> role, org
     students: set[str] = field(default_factory=set)  # student ids that exist
+    incident_reports: dict[str, tuple[Any, bool]] = field(
+        default_factory=dict
+    )  # -> day, reportable
     student_by_local_id: dict[str, str] = field(default_factory=dict)
     line_items: dict[str, tuple[str, str | None]] = field(default_factory=dict)  # -> class, period
 
@@ -27,9 +32,11 @@ class EntityMapping:
     tables: tuple[str, ...]
     required: frozenset[str]
     known: frozenset[str]
-    map_row: Callable[[dict[str, str], Lookups], Mapped]
-    # (Lookups field, raw column holding the keys to look up), filled before mapping a batch.
-    needs: tuple[tuple[str, str], ...] = ()
+    map_row: Callable[[dict[str, Any], Lookups], Mapped]
+    # Filled by the importer before mapping a batch.
+    needs: tuple[Need, ...] = ()
     # Other entities whose content changes what this one maps to (their files' digests join
     # this file's chunk fingerprint).
     depends_on: tuple[str, ...] = ()
+    # For API sources: a deleted record (its key values) -> (table, primary key) to deactivate.
+    map_delete: Callable[[dict[str, Any]], list[tuple[str, Row]]] | None = None

@@ -113,11 +113,15 @@ def _progress(label: str) -> Iterator[Any]:
         yield advance
 
 
-def _sync(ctx: click.Context, settings: Settings, source: str | None) -> list[SyncReport]:
+def _sync(
+    settings: Settings, source: str | None, full: bool = False, dry_run: bool = False
+) -> list[SyncReport]:
     engine = open_engine(settings)
     with _progress("sync") as advance:
-        reports = run_sync(engine, settings, source, advance)
+        reports = run_sync(engine, settings, source, advance, full, dry_run)
     print_sync(reports)
+    if dry_run:
+        console.print("[yellow]Dry run: nothing was written.[/]")
     return reports
 
 
@@ -139,10 +143,16 @@ def _dispatch(settings: Settings) -> DispatchReport:
 
 @main.command()
 @click.option("--source", help="Only this source (by name).")
+@click.option("--full", is_flag=True, help="Reconcile everything instead of reading changes.")
+@click.option("--dry-run", is_flag=True, help="Read and count, write nothing.")
 @click.pass_context
-def sync(ctx: click.Context, source: str | None) -> None:
+def sync(ctx: click.Context, source: str | None, full: bool, dry_run: bool) -> None:
     """Import every configured source into the canonical tables."""
-    reports = _sync(ctx, _settings(ctx), source)
+    settings = _settings(ctx)
+    if source and source not in {s.name for s in settings.sources}:
+        console.print(f"[red]No source named {source!r} in {settings.source_file}.[/]")
+        sys.exit(2)
+    reports = _sync(settings, source, full, dry_run)
     if any(r.error for r in reports):
         sys.exit(1)
 
@@ -168,7 +178,7 @@ def dispatch(ctx: click.Context) -> None:
 def run(ctx: click.Context, as_of: Any) -> None:
     """sync, evaluate and dispatch, in that order."""
     settings = _settings(ctx)
-    reports = _sync(ctx, settings, None)
+    reports = _sync(settings, None)
     _evaluate(settings, as_of.date() if as_of else None)
     _dispatch(settings)
     out = settings.resolve(settings.output_dir)

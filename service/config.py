@@ -101,7 +101,75 @@ class SisCsvSource(Strict):
     discipline: SisDisciplineFile | None = None
 
 
-SourceConfig = Annotated[OneRosterCsvSource | SisCsvSource, Field(discriminator="kind")]
+class HttpSettings(Strict):
+    """Politeness and patience toward a district's API (shared by every API source)."""
+
+    connect_timeout_seconds: float = Field(5.0, gt=0)
+    read_timeout_seconds: float = Field(60.0, gt=0)
+    max_attempts: int = Field(6, ge=1)
+    backoff_base_seconds: float = Field(0.5, ge=0)
+    backoff_max_seconds: float = Field(30.0, ge=0)
+    requests_per_second: float | None = Field(None, gt=0)
+    concurrency: int = Field(4, ge=1, le=32)
+
+
+class EdFiSource(Strict):
+    kind: Literal["edfi"]
+    name: str
+    base_url: str
+    client_key: str  # write ${EDFI_KEY}: secrets come from the environment
+    client_secret: str
+    # shared | year_specific | instance_year_specific; "auto" reads it from discovery.
+    url_mode: Literal["auto", "shared", "year_specific", "instance_year_specific"] = "auto"
+    school_year: int | None = None
+    instance: str | None = None
+    page_size: int = Field(500, ge=1, le=500)
+    # Change versions per window of a pull; each finished window is a resume point.
+    change_version_window: int = Field(100_000, ge=1)
+    # Re-read this many change versions before the watermark (back-dated corrections).
+    lookback_change_versions: int = Field(0, ge=0)
+    # Use pageToken paging where the server offers it (ODS/API 7.3+).
+    cursor_paging: bool = False
+    # A district file that adds to or overrides mappings/edfi_descriptors.yaml.
+    descriptor_map: Path | None = None
+    http: HttpSettings = HttpSettings()
+
+    @model_validator(mode="after")
+    def _mode_needs(self) -> EdFiSource:
+        if self.url_mode in ("year_specific", "instance_year_specific") and not self.school_year:
+            raise ValueError(f"url_mode {self.url_mode} needs school_year")
+        if self.url_mode == "instance_year_specific" and not self.instance:
+            raise ValueError("url_mode instance_year_specific needs instance")
+        return self
+
+
+class OneRosterRestSource(Strict):
+    kind: Literal["oneroster_rest"]
+    name: str
+    base_url: str  # scheme and host, e.g. https://sis.example.org
+    version: Literal["1.1", "1.2"] = "1.2"
+    # Vendors mix these: 1.2 data on the v1p1 path, OAuth 1.0a on 1.2...
+    rostering_path: str | None = (
+        None  # default /ims/oneroster/v1p1 or /ims/oneroster/rostering/v1p2
+    )
+    gradebook_path: str | None = None  # default the same (1.1) or /ims/oneroster/gradebook/v1p2
+    auth: Literal["oauth2", "oauth1"] = "oauth2"
+    client_id: str
+    client_secret: str
+    token_url: str | None = None  # default {base_url}/token
+    scopes: list[str] = [
+        "https://purl.imsglobal.org/spec/or/v1p2/scope/roster-core.readonly",
+        "https://purl.imsglobal.org/spec/or/v1p2/scope/gradebook.readonly",
+    ]
+    page_size: int = Field(100, ge=1, le=10_000)
+    guardian_roles: list[str] = ["parent", "guardian", "relatedContact"]
+    http: HttpSettings = HttpSettings()
+
+
+SourceConfig = Annotated[
+    OneRosterCsvSource | SisCsvSource | EdFiSource | OneRosterRestSource,
+    Field(discriminator="kind"),
+]
 
 
 class IndicatorConfig(Strict):
@@ -309,8 +377,8 @@ def _loc(loc: tuple[int | str, ...]) -> str:
     for part in loc:
         if isinstance(part, int):
             out += f"[{part}]"
-        elif part in ("oneroster_csv", "sis_csv", "file"):  # discriminator tags add noise
-            continue
+        elif part in ("oneroster_csv", "sis_csv", "edfi", "oneroster_rest", "file"):
+            continue  # discriminator tags add noise
         else:
             out += f".{part}" if out else str(part)
     return out or "(top level)"

@@ -129,6 +129,12 @@ def _lookup(conn: Connection, need: str, keys: list[str], into: Lookups) -> None
                 Student.local_id.in_(part), Student.active.is_(True)
             )
             into.student_by_local_id.update({r[0]: r[1] for r in conn.execute(q3) if r[0]})
+        elif need == "incident_reports":
+            dr = table("discipline_reports")
+            q5 = select(dr.c.report_id, dr.c.day, dr.c.state_reportable).where(
+                dr.c.report_id.in_(part), dr.c.active.is_(True)
+            )
+            into.incident_reports.update({r[0]: (r[1], bool(r[2])) for r in conn.execute(q5)})
         elif need == "line_items":
             lt = table("line_items")
             q4 = select(lt.c.line_item_id, lt.c.class_id, lt.c.grading_period_id).where(
@@ -150,8 +156,10 @@ class Importer:
         config_fingerprint: bytes = b"",
         progress: ProgressFn | None = None,
         full: bool = False,
+        dry_run: bool = False,
     ) -> None:
         self.full = full
+        self.dry_run = dry_run
         self.engine = engine
         self.source = source
         self.mappings = mappings
@@ -159,6 +167,13 @@ class Importer:
         self.progress = progress or (lambda _entity, _rows: None)
         self.file_digests: dict[str, bytes] = {}  # entity -> digest of its chunk set, this run
         self.saved: dict[str, str] = {}
+
+    def _commit(self, conn: Connection) -> None:
+        """Commit, or in a dry run throw the work away after counting it."""
+        if self.dry_run:
+            conn.rollback()
+        else:
+            conn.commit()
 
     def run(self) -> SyncReport:
         report = SyncReport(self.source.name)
@@ -180,6 +195,8 @@ class Importer:
             with self.engine.connect() as conn:
                 self._import_stream(conn, stream, mapping, stats)
         with self.engine.begin() as conn:
+            if self.dry_run:
+                return report
             conn.execute(
                 SyncRun.__table__.insert().values(  # type: ignore[attr-defined]
                     source=self.source.name,
@@ -250,7 +267,7 @@ class Importer:
         else:
             # A delta changes rows behind the bulk cache's back: the next bulk re-reads everything.
             conn.execute(delete(ic).where(where))
-            conn.commit()
+            self._commit(conn)
             known = set()
         seen: list[int] = []
         batch: list[Chunk] = []
@@ -283,7 +300,7 @@ class Importer:
                 return int(saved)
         generation = time.time_ns() // 1000
         save_cursor(conn, self.source.name, key, str(generation))
-        conn.commit()
+        self._commit(conn)
         return generation
 
     def _file_problem(self, conn: Connection, stream: Stream, reason: str, detail: str) -> None:
@@ -291,7 +308,7 @@ class Importer:
             conn, self.source.name, stream.name, RawRow(stream.location, {"file": stream.location}),
             reason, detail,
         )  # fmt: skip
-        conn.commit()
+        self._commit(conn)
 
     def _flush(
         self,
@@ -311,7 +328,7 @@ class Importer:
         gone = [raw for c in chunks if c.deletions for raw in c.rows or ()]
         lookups = Lookups()
         for need, column in mapping.needs:
-            keys = sorted({str(raw.data.get(column) or "").strip() for _, raw in rows} - {""})
+            keys = sorted({_key_of(raw.data, column) for _, raw in rows} - {""})
             _lookup(conn, need, keys, lookups)
         # table -> primary key -> full row tuple (the last occurrence of a key in a file wins)
         out: dict[str, dict[tuple[Any, ...], tuple[Any, ...]]] = {t: {} for t in mapping.tables}
@@ -341,7 +358,7 @@ class Importer:
         last_cursor = next((c.cursor for c in reversed(chunks) if c.cursor is not None), None)
         if last_cursor is not None:
             save_cursor(conn, source, stream.name, last_cursor)
-        conn.commit()
+        self._commit(conn)
         self.progress(stream.name, sum(c.row_count for c in chunks))
 
     def _deactivate(self, conn: Connection, mapping: EntityMapping, gone: list[RawRow]) -> int:
@@ -441,7 +458,12 @@ class Importer:
             if table_name == mapping.tables[0]:
                 stats.deactivated += result.rowcount
         clear_cursor(conn, source, f"{stream.name}#generation")
-        conn.commit()
+        self._commit(conn)
+
+
+def _key_of(record: dict[str, Any], column: str | Callable[[dict[str, Any]], str]) -> str:
+    value = column(record) if callable(column) else record.get(column)
+    return str(value or "").strip()
 
 
 def read_cursor(conn: Connection, source: str, resource: str) -> str | None:

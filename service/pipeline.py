@@ -37,9 +37,14 @@ def open_engine(settings: Settings, upgrade: bool = True) -> Engine:
 
 
 def run_sync(
-    engine: Engine, settings: Settings, only: str | None = None, progress: ProgressFn | None = None
+    engine: Engine,
+    settings: Settings,
+    only: str | None = None,
+    progress: ProgressFn | None = None,
+    full: bool = False,
+    dry_run: bool = False,
 ) -> list[SyncReport]:
-    return sync_sources(engine, settings, only, progress)
+    return sync_sources(engine, settings, only, progress, full, dry_run)
 
 
 def run_evaluate(engine: Engine, settings: Settings, as_of: date | None = None) -> EvaluationReport:
