@@ -265,8 +265,9 @@ class Importer:
             known = {r[0] for r in conn.execute(select(ic.c.digest).where(where, ic.c.rows >= 0))}
             generation = self._generation(conn, stream)
         else:
-            # A delta changes rows behind the bulk cache's back: the next bulk re-reads everything.
-            conn.execute(delete(ic).where(where))
+            # A delta changes rows behind the bulk cache's back: the next bulk must re-read every
+            # chunk (rows = -1), though they still count as present until that bulk replaces them.
+            conn.execute(update(ic).where(where).values(rows=-1))
             self._commit(conn)
             known = set()
         seen: list[int] = []
@@ -281,7 +282,8 @@ class Importer:
             else:
                 batch_rows += chunk.row_count
             batch.append(chunk)
-            if batch_rows >= BATCH_ROWS or len(batch) >= 256:
+            # An API window's end is a resume point: commit it rather than hold it in memory.
+            if batch_rows >= BATCH_ROWS or len(batch) >= 256 or chunk.cursor is not None:
                 self._flush(conn, stream, mapping, batch, stats, generation)
                 batch, batch_rows = [], 0
         self._flush(conn, stream, mapping, batch, stats, generation)
@@ -442,7 +444,9 @@ class Importer:
         ic = table("ingest_chunks")
         mine = (ic.c.source == source) & (ic.c.file == stream.location)
         conn.execute(delete(ic).where(mine, ic.c.generation != generation))
-        still_there = select(ic.c.digest).where(mine)
+        # Several streams may feed one table (school and section attendance): a row stays while
+        # any current chunk of this source holds it.
+        still_there = select(ic.c.digest).where(ic.c.source == source)
         for table_name in mapping.tables:
             t = table(table_name)
             result = conn.execute(
