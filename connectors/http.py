@@ -165,6 +165,7 @@ class JsonPage:
     body: Any
     headers: Mapping[str, str]
     url: str
+    raw: bytes = b""  # the bytes as received: a cheap, stable digest of the page
 
 
 def retry_after_seconds(value: str | None) -> float | None:
@@ -271,7 +272,7 @@ class HttpClient:
             )
         if not 200 <= resp.status_code < 300:
             raise PermanentError(f"{resp.url} answered {resp.status_code}: {resp.text[:200]}")
-        return JsonPage(_json(resp), resp.headers, resp.url)
+        return JsonPage(_json(resp), resp.headers, resp.url, resp.content)
 
 
 class _Unauthorized(Exception):

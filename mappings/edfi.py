@@ -169,10 +169,13 @@ def _sorted_by_priority(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def map_contact(r: dict[str, Any], _: Lookups, *, d: DescriptorMap, key_field: str) -> Mapped:
     cid = str(_need(r, key_field))
-    phones = _sorted_by_priority(list(r.get("telephones") or []))
-    texting = [p for p in phones if p.get("textMessageCapabilityIndicator")]
-    sms = next((p for p in texting if phone_e164(p.get("telephoneNumber"))), None)
-    voice = next((p for p in phones if phone_e164(p.get("telephoneNumber"))), None)
+    phones = [
+        (p, e164)
+        for p in _sorted_by_priority(list(r.get("telephones") or []))
+        if (e164 := phone_e164(p.get("telephoneNumber")))
+    ]
+    sms = next((p for p in phones if p[0].get("textMessageCapabilityIndicator")), None)
+    voice = phones[0] if phones else None
     mails = sorted(r.get("electronicMails") or [],
                    key=lambda m: not m.get("primaryEmailAddressIndicator"))  # fmt: skip
     language = "en"
@@ -182,7 +185,7 @@ def map_contact(r: dict[str, Any], _: Lookups, *, d: DescriptorMap, key_field: s
         if mapped and (not uses or any("home" in u or "native" in u for u in uses)):
             language = mapped
             break
-    chosen = sms or voice
+    chosen = (sms or voice or (None, None))[0]
     return [("contacts", {
         "contact_id": cid,
         "first_name": _need(r, "firstName"),
@@ -190,8 +193,8 @@ def map_contact(r: dict[str, Any], _: Lookups, *, d: DescriptorMap, key_field: s
         "relationship": "contact",  # the association says how they relate to each student
         "is_guardian": False,
         "email": (mails[0]["electronicMailAddress"].lower() if mails else None),
-        "sms_phone": phone_e164(sms.get("telephoneNumber")) if sms else None,
-        "voice_phone": phone_e164(voice.get("telephoneNumber")) if voice else None,
+        "sms_phone": sms[1] if sms else None,
+        "voice_phone": voice[1] if voice else None,
         "language": language,
         "do_not_contact": False,
         "phone_unlisted": bool(chosen and chosen.get("doNotPublishIndicator")),

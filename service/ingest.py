@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import difflib
 import hashlib
+import operator
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -76,8 +77,9 @@ class SyncReport:
         return out
 
 
-def _row_digest(values: Iterable[Any]) -> int:
-    return digest64(repr(tuple(values)).encode())
+def _row_digest(values: tuple[Any, ...]) -> int:
+    raw = hashlib.blake2b(repr(values).encode(), digest_size=8).digest()
+    return int.from_bytes(raw, "big", signed=True)
 
 
 def quarantine(
@@ -500,17 +502,20 @@ def _canonical_row(
     table_name: str, values: dict[str, Any], source: str, digest: int
 ) -> tuple[tuple[Any, ...], tuple[Any, ...]]:
     """The full row in table column order, with bookkeeping and a hash of its content."""
-    columns, pk_idx, content_idx, defaults = _layout(table_name)
+    columns, pk_of, content_of, defaults, hash_at = _layout(table_name)
     values.setdefault("active", True)
     values["source"] = source
     values["src_chunk"] = digest
     values["row_hash"] = 0
     row = [values[c] if c in values else defaults.get(c) for c in columns]
-    row[columns.index("row_hash")] = _row_digest(row[i] for i in content_idx)
-    return tuple(row[i] for i in pk_idx), tuple(row)
+    row[hash_at] = _row_digest(content_of(row))
+    return pk_of(row), tuple(row)
 
 
-Layout = tuple[list[str], list[int], list[int], dict[str, Any]]
+# columns, primary key getter, content getter, Python-side defaults, row_hash position
+Layout = tuple[
+    list[str], Callable[[list[Any]], Any], Callable[[list[Any]], Any], dict[str, Any], int
+]
 _LAYOUTS: dict[str, Layout] = {}
 
 
@@ -526,5 +531,8 @@ def _layout(table_name: str) -> Layout:
             for c in t.columns
             if c.default is not None and c.default.is_scalar
         }
-        _LAYOUTS[table_name] = (columns, pk, content, defaults)
+        # itemgetter always returns a tuple here: every table has several content columns.
+        pk_of = operator.itemgetter(*pk) if len(pk) > 1 else (lambda row, i=pk[0]: (row[i],))
+        content_of = operator.itemgetter(*content)
+        _LAYOUTS[table_name] = (columns, pk_of, content_of, defaults, columns.index("row_hash"))
     return _LAYOUTS[table_name]

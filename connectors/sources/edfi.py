@@ -23,6 +23,7 @@ from edfi_api_client import EdFiClient
 
 from connectors.base import Chunk, RawRow, Stream
 from connectors.http import HttpClient, HttpPolicy, OAuth2ClientCredentials
+from connectors.prefetch import Prefetch
 from connectors.sources.csv_chunks import digest64
 from mappings.edfi import edfi_mappings
 from mappings.spec import EntityMapping
@@ -33,6 +34,7 @@ log = structlog.get_logger(__name__)
 
 # A window holding more records than this is split, so one window's pages fit in memory.
 MAX_WINDOW_RECORDS = 20_000
+PREFETCH_PAGES = 8
 MODES = {
     "shared instance": "shared_instance",
     "sandbox": "sandbox",
@@ -75,6 +77,7 @@ class EdFiApiSource:
         self.data_standard = 0
         self.year = cfg.school_year
         self.cursor_paging = False
+        self._fetchers: dict[str, Prefetch[Page]] = {}
 
     # -- discovery -------------------------------------------------------------------------
 
@@ -151,40 +154,42 @@ class EdFiApiSource:
                 self.plans[name] = Plan(False, low, newest)
                 stream.mode = "delta"
             out.append(stream)
+        # Every resource starts fetching now, a few pages ahead of the importer: small deltas of
+        # many resources overlap instead of waiting for each other.
+        self._fetchers = {s.name: self._start(s.name) for s in out}
         return out
 
     def read(self, stream: Stream, known_chunks: set[int], cursor: str | None) -> Iterator[Chunk]:
         plan = self.plans[stream.name]
+        fetcher = self._fetchers.pop(stream.name, None) or self._start(stream.name)
+        for page in fetcher:
+            done: int | None = page.window_high if page.ends_window else None
+            yield self._chunk(stream, page, known_chunks, plan, done)
+
+    def _start(self, name: str) -> Prefetch[Page]:
+        return Prefetch(lambda: self._pages(name), depth=PREFETCH_PAGES)
+
+    def _pages(self, name: str) -> Iterator[Page]:
+        """Every page the plan needs, in order, the last page of each window marked."""
+        plan = self.plans[name]
         if plan.low > plan.high:
             return
-        url = self.client.resource(stream.name).url
+        url = self.client.resource(name).url
         phases = [("data", url)]
         if not plan.full:
             phases += [("deletes", url + "/deletes"), ("keyChanges", url + "/keyChanges")]
-        step = self.cfg.change_version_window
         low = plan.low
         while low <= plan.high:
-            high = min(plan.high, low + step - 1)
+            high = min(plan.high, low + self.cfg.change_version_window - 1)
             for index, (phase, phase_url) in enumerate(phases):
-                last_phase = index == len(phases) - 1
-                pages = list(self._window(phase_url, low, high, stream))
-                if not pages:
-                    pages = [[]]
-                for n, page in enumerate(pages):
-                    done = last_phase and n == len(pages) - 1
-                    yield self._chunk(
-                        stream, phase, page, known_chunks, plan, high if done else None
-                    )
+                pages = list(self._window(phase_url, low, high, name)) or [(b"[]", [])]
+                for n, (raw, records) in enumerate(pages):
+                    ends = index == len(phases) - 1 and n == len(pages) - 1
+                    yield Page(phase, records, raw, high, ends)
             low = high + 1
 
     def _chunk(
-        self,
-        stream: Stream,
-        phase: str,
-        page: list[dict[str, Any]],
-        known: set[int],
-        plan: Plan,
-        window_done: int | None,
+        self, stream: Stream, page: Page, known: set[int], plan: Plan, window_done: int | None
     ) -> Chunk:
         cursor = None
         if window_done is not None:
@@ -192,23 +197,23 @@ class EdFiApiSource:
             if plan.full and window_done < plan.high:
                 state.update(in_progress="full", target=plan.high)
             cursor = json.dumps(state)
-        raw = json.dumps(page, sort_keys=True, default=str).encode()
-        digest = digest64(stream.context_fingerprint, phase.encode(), raw)
-        if phase == "data":
+        digest = digest64(stream.context_fingerprint, page.phase.encode(), page.raw)
+        records = page.records
+        if page.phase == "data":
             if digest in known:
-                return Chunk(digest, len(page), None, cursor)
-            rows = [RawRow(f"{stream.name}#{r.get('id', '')}", r) for r in page]
-            return Chunk(digest, len(page), rows, cursor)
+                return Chunk(digest, len(records), None, cursor)
+            rows = [RawRow(f"{stream.name}#{r.get('id', '')}", r) for r in records]
+            return Chunk(digest, len(records), rows, cursor)
         # A key change retires the old key; the record under its new key arrives as data.
-        field = "keyValues" if phase == "deletes" else "oldKeyValues"
-        rows = [RawRow(f"{stream.name}/{phase}", dict(r.get(field) or {})) for r in page]
-        return Chunk(digest, len(page), rows, cursor, deletions=True)
+        field = "keyValues" if page.phase == "deletes" else "oldKeyValues"
+        rows = [RawRow(f"{stream.name}/{page.phase}", dict(r.get(field) or {})) for r in records]
+        return Chunk(digest, len(records), rows, cursor, deletions=True)
 
     # -- paging -----------------------------------------------------------------------------------
 
     def _window(
-        self, url: str, low: int, high: int, stream: Stream
-    ) -> Iterator[list[dict[str, Any]]]:
+        self, url: str, low: int, high: int, name: str
+    ) -> Iterator[tuple[bytes, list[dict[str, Any]]]]:
         """The pages of one change-version window, split until each window is small enough."""
         if self.cursor_paging:
             yield from self._token_pages(url, low, high)
@@ -221,11 +226,11 @@ class EdFiApiSource:
         total = int(first.headers.get("Total-Count") or len(first.body))
         if total > MAX_WINDOW_RECORDS and high > low:
             middle = (low + high) // 2
-            yield from self._window(url, low, middle, stream)
-            yield from self._window(url, middle + 1, high, stream)
+            yield from self._window(url, low, middle, name)
+            yield from self._window(url, middle + 1, high, name)
             return
         offsets = list(range(size, total, size))
-        pages: dict[int, list[dict[str, Any]]] = {0: _records(first.body, url)}
+        pages = {0: (first.raw, _records(first.body, url))}
         # Reverse order: a record leaving the window mid-pull can repeat a row, never skip one.
         with ThreadPoolExecutor(max_workers=self.http.policy.concurrency) as pool:
             futures = {
@@ -233,17 +238,18 @@ class EdFiApiSource:
                 for off in reversed(offsets)
             }
             for off, future in futures.items():
-                pages[off] = _records(future.result().body, url)
-        received = sum(len(p) for p in pages.values())
+                page = future.result()
+                pages[off] = (page.raw, _records(page.body, url))
+        received = sum(len(p[1]) for p in pages.values())
         if received != total:
-            log.warning(
-                "edfi.count_changed", resource=stream.name, expected=total, received=received
-            )
+            log.warning("edfi.count_changed", resource=name, expected=total, received=received)
         for off in sorted(pages):
-            if pages[off]:
+            if pages[off][1]:
                 yield pages[off]
 
-    def _token_pages(self, url: str, low: int, high: int) -> Iterator[list[dict[str, Any]]]:
+    def _token_pages(
+        self, url: str, low: int, high: int
+    ) -> Iterator[tuple[bytes, list[dict[str, Any]]]]:
         """ODS/API 7.3+ cursor paging: `pageToken` in, `Next-Page-Token` out."""
         params: dict[str, Any] = {
             "minChangeVersion": low,
@@ -254,11 +260,20 @@ class EdFiApiSource:
             page = self.http.get_json(url, params)
             records = _records(page.body, url)
             if records:
-                yield records
+                yield page.raw, records
             token = page.headers.get("Next-Page-Token")
             if not token or not records:
                 return
             params["pageToken"] = token
+
+
+@dataclass
+class Page:
+    phase: str  # data | deletes | keyChanges
+    records: list[dict[str, Any]]
+    raw: bytes
+    window_high: int
+    ends_window: bool
 
 
 def _records(body: Any, url: str) -> list[dict[str, Any]]:
