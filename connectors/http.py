@@ -35,14 +35,16 @@ class Auth(Protocol):
 
     def apply(self, session: requests.Session) -> AuthBase | None: ...
 
-    def invalidate(self) -> None: ...
+    def invalidate(self, used: AuthBase | None) -> None:
+        """The credential `used` got a 401; drop it unless another thread already renewed it."""
+        ...
 
 
 class NoAuth:
     def apply(self, session: requests.Session) -> AuthBase | None:
         return None
 
-    def invalidate(self) -> None:
+    def invalidate(self, used: AuthBase | None) -> None:
         return None
 
 
@@ -110,9 +112,11 @@ class OAuth2ClientCredentials:
             assert self._token is not None
             return _Bearer(self._token)
 
-    def invalidate(self) -> None:
+    def invalidate(self, used: AuthBase | None) -> None:
         with self._lock:
-            self._token = None
+            # Many threads see the same expired token at once: renew it once, not once each.
+            if isinstance(used, _Bearer) and used.token == self._token:
+                self._token = None
 
 
 class OAuth1Signed:
@@ -126,7 +130,7 @@ class OAuth1Signed:
     def apply(self, session: requests.Session) -> AuthBase | None:
         return self._auth  # a fresh nonce and timestamp are signed into every request
 
-    def invalidate(self) -> None:
+    def invalidate(self, used: AuthBase | None) -> None:
         return None
 
 
@@ -237,9 +241,9 @@ class HttpClient:
     def _authorised(self, url: str, params: Mapping[str, Any] | None) -> JsonPage:
         try:
             return self._once(url, params)
-        except _Unauthorized:
+        except _Unauthorized as stale:
             # The token expired early or was revoked: one fresh token, then give up.
-            self.auth.invalidate()
+            self.auth.invalidate(stale.used)
             try:
                 return self._once(url, params)
             except _Unauthorized:
@@ -264,7 +268,7 @@ class HttpClient:
             except requests.RequestException as exc:
                 raise PermanentError(f"{url}: {type(exc).__name__}") from exc
         if resp.status_code == 401:
-            raise _Unauthorized()
+            raise _Unauthorized(auth)
         if resp.status_code in RETRY_STATUSES:
             raise TransientError(
                 f"{url} answered {resp.status_code}",
@@ -276,4 +280,6 @@ class HttpClient:
 
 
 class _Unauthorized(Exception):
-    pass
+    def __init__(self, used: AuthBase | None) -> None:
+        super().__init__("401")
+        self.used = used
