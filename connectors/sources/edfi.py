@@ -33,8 +33,9 @@ from service.errors import PermanentError
 log = structlog.get_logger(__name__)
 
 # A window holding more records than this is split, so one window's pages fit in memory.
-MAX_WINDOW_RECORDS = 20_000
-PREFETCH_PAGES = 8
+MAX_WINDOW_RECORDS = 5_000
+PREFETCH_PAGES = 24  # two windows: the next one fetches while this one is written
+PREFETCH_STREAMS = 3  # resources fetching at once: the one being read and the next two
 MODES = {
     "shared instance": "shared_instance",
     "sandbox": "sandbox",
@@ -78,6 +79,8 @@ class EdFiApiSource:
         self.year = cfg.school_year
         self.cursor_paging = False
         self._fetchers: dict[str, Prefetch[Page]] = {}
+        self._started: set[str] = set()
+        self._order: list[str] = []
 
     # -- discovery -------------------------------------------------------------------------
 
@@ -154,13 +157,18 @@ class EdFiApiSource:
                 self.plans[name] = Plan(False, low, newest)
                 stream.mode = "delta"
             out.append(stream)
-        # Every resource starts fetching now, a few pages ahead of the importer: small deltas of
-        # many resources overlap instead of waiting for each other.
-        self._fetchers = {s.name: self._start(s.name) for s in out}
+        self._order = [s.name for s in out]
         return out
 
     def read(self, stream: Stream, known_chunks: set[int], cursor: str | None) -> Iterator[Chunk]:
         plan = self.plans[stream.name]
+        # This resource and the next few fetch ahead while the importer works: small deltas of
+        # many resources overlap instead of waiting for each other, and memory stays bounded.
+        at = self._order.index(stream.name)
+        for name in self._order[at : at + PREFETCH_STREAMS]:
+            if name not in self._fetchers and name not in self._started:
+                self._fetchers[name] = self._start(name)
+                self._started.add(name)
         fetcher = self._fetchers.pop(stream.name, None) or self._start(stream.name)
         for page in fetcher:
             done: int | None = page.window_high if page.ends_window else None
