@@ -144,7 +144,12 @@ def _dispatch(settings: Settings) -> DispatchReport:
 @main.command()
 @click.option("--source", help="Only this source (by name).")
 @click.option("--full", is_flag=True, help="Reconcile everything instead of reading changes.")
-@click.option("--dry-run", is_flag=True, help="Read and count, write nothing.")
+@click.option(
+    "--dry-run",
+    is_flag=True,
+    help="Read, map and count, write nothing. Each source runs alone, so rows that refer to "
+    "another source's new records (SIS export -> roster) count as unknown.",
+)
 @click.pass_context
 def sync(ctx: click.Context, source: str | None, full: bool, dry_run: bool) -> None:
     """Import every configured source into the canonical tables."""

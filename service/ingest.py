@@ -171,10 +171,8 @@ class Importer:
         self.saved: dict[str, str] = {}
 
     def _commit(self, conn: Connection) -> None:
-        """Commit, or in a dry run throw the work away after counting it."""
-        if self.dry_run:
-            conn.rollback()
-        else:
+        """Commit; a dry run keeps one open transaction, rolled back when the run ends."""
+        if not self.dry_run:
             conn.commit()
 
     def run(self) -> SyncReport:
@@ -189,16 +187,23 @@ class Importer:
                 )
             }
         self.saved = {} if self.full else saved
-        for stream in self.source.streams(self.saved):
-            mapping = self.mappings.get(stream.name)
-            if mapping is None:
-                continue
-            stats = report.entities.setdefault(stream.name, EntityStats())
-            with self.engine.connect() as conn:
-                self._import_stream(conn, stream, mapping, stats)
+        # A dry run does everything in one transaction (later files see earlier ones' rows, so
+        # the counts are true) and throws it away at the end.
+        with self.engine.connect() as dry:
+            for stream in self.source.streams(self.saved):
+                mapping = self.mappings.get(stream.name)
+                if mapping is None:
+                    continue
+                stats = report.entities.setdefault(stream.name, EntityStats())
+                if self.dry_run:
+                    self._import_stream(dry, stream, mapping, stats)
+                    continue
+                with self.engine.connect() as conn:
+                    self._import_stream(conn, stream, mapping, stats)
+            dry.rollback()
+        if self.dry_run:
+            return report
         with self.engine.begin() as conn:
-            if self.dry_run:
-                return report
             conn.execute(
                 SyncRun.__table__.insert().values(  # type: ignore[attr-defined]
                     source=self.source.name,
