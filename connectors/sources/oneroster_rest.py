@@ -42,6 +42,22 @@ COLLECTIONS = {
 }
 
 
+# CSV column -> the REST reference object it names, per collection.
+REFERENCE_COLUMNS = {
+    "orgs": {"parentSourcedId": "parent"},
+    "academicSessions": {"parentSourcedId": "parent"},
+    "courses": {"orgSourcedId": "org"},
+    "classes": {"courseSourcedId": "course", "schoolSourcedId": "school"},
+    "enrollments": {
+        "classSourcedId": "class",
+        "schoolSourcedId": "school",
+        "userSourcedId": "user",
+    },
+    "lineItems": {"classSourcedId": "class", "gradingPeriodSourcedId": "gradingPeriod"},
+    "results": {"lineItemSourcedId": "lineItem", "studentSourcedId": "student"},
+}
+
+
 def _ref(value: Any) -> str:
     return str(value.get("sourcedId") or "") if isinstance(value, dict) else ""
 
@@ -77,23 +93,8 @@ def flatten(collection: str, r: dict[str, Any]) -> dict[str, str]:
         orgs = _refs(r.get("orgs")) or (_ref(primary.get("org")) if primary else "")
         row["orgSourcedIds"] = orgs or _ref(r.get("primaryOrg"))
         row["agentSourcedIds"] = _refs(r.get("agents"))
-    elif collection == "orgs" or collection == "academicSessions":
-        row["parentSourcedId"] = _ref(r.get("parent"))
-    elif collection == "courses":
-        row["orgSourcedId"] = _ref(r.get("org"))
-    elif collection == "classes":
-        row["courseSourcedId"] = _ref(r.get("course"))
-        row["schoolSourcedId"] = _ref(r.get("school"))
-    elif collection == "enrollments":
-        row["classSourcedId"] = _ref(r.get("class"))
-        row["schoolSourcedId"] = _ref(r.get("school"))
-        row["userSourcedId"] = _ref(r.get("user"))
-    elif collection == "lineItems":
-        row["classSourcedId"] = _ref(r.get("class"))
-        row["gradingPeriodSourcedId"] = _ref(r.get("gradingPeriod"))
-    elif collection == "results":
-        row["lineItemSourcedId"] = _ref(r.get("lineItem"))
-        row["studentSourcedId"] = _ref(r.get("student"))
+    for column, field in REFERENCE_COLUMNS.get(collection, {}).items():
+        row[column] = _ref(r.get(field))
     return row
 
 
