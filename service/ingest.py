@@ -1,8 +1,9 @@
 """Import one source: read chunks, map rows, merge them set-based, quarantine what fails.
 
-Cursor semantics for files: a chunk's digest is stored in the same transaction as its rows, so a
-run killed anywhere resumes by skipping what already committed and ends with the same data as an
-uninterrupted run. Bulk streams then deactivate (never delete) rows that vanished from the file.
+Files: a chunk's digest is stored in the same transaction as its rows, so a run killed anywhere
+resumes by skipping what already committed and ends with the same data as an uninterrupted run.
+APIs: the source's cursor is saved with the rows of the window it closes. Either way, a bulk
+stream (a full file, a full pull) then deactivates, never deletes, rows that are gone.
 """
 
 from __future__ import annotations
