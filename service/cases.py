@@ -15,7 +15,7 @@ from datetime import date, datetime, timedelta
 from typing import Any
 
 import structlog
-from sqlalchemy import Connection, Engine, select, text, update
+from sqlalchemy import Connection, Engine, bindparam, select, text, update
 
 from service.clock import utcnow
 from service.config import CaseloadConfig, Settings
@@ -296,20 +296,26 @@ def _apply(
 
     # Cases whose reasons stopped firing: note the recovery, close after recovery_days.
     closing: list[OpenCase] = []
+    recovering: list[dict[str, Any]] = []
     for sid, case in open_cases.items():
         if sid in fired:
             continue
         if case.recovered_since is None:
             case.recovered_since = as_of
             report.cases_recovering += 1
-            conn.execute(
-                update(Case).where(Case.id == case.id).values(recovered_since=as_of, updated_at=now)
-            )
+            recovering.append({"b_id": case.id})
             events.append(
                 {"case_id": case.id, "kind": "indicators_recovered", "at": now, "detail": {}}
             )
         elif (as_of - case.recovered_since).days >= settings.cases.recovery_days:
             closing.append(case)
+    if recovering:
+        conn.execute(
+            update(Case)
+            .where(Case.id == bindparam("b_id"))
+            .values(recovered_since=as_of, updated_at=now),
+            recovering,
+        )
 
     tasks: list[dict[str, Any]] = []
     facts_all = {**students, **_student_facts(conn, [c.student_id for c in closing])}
@@ -317,44 +323,51 @@ def _apply(
     full_referrals = _referrals_for(
         conn, [open_cases[s].id for s in changed] + [c.id for c in closing]
     )
+    revisions: list[dict[str, Any]] = []
     for sid in changed:
         case = open_cases[sid]
         case.revision += 1
         opening = case.revision == 1
-        conn.execute(
-            update(Case)
-            .where(Case.id == case.id)
-            .values(
-                revision=case.revision,
-                severity=case.severity,
-                recovered_since=None,
-                updated_at=now,
-            )
-        )
+        revisions.append({"b_id": case.id, "b_rev": case.revision, "b_sev": case.severity})
         if opening:
             events.append({"case_id": case.id, "kind": "opened", "at": now, "detail": {}})
         else:
             report.cases_updated += 0 if case.reopened else 1
         tasks += _task_items(settings, case, "open", facts_all.get(sid, {}), school_names,
                              full_referrals.get(case.id, []))  # fmt: skip
-    for case in closing:
-        case.revision += 1
+    # One statement for all changed cases, not one round trip each (19,000 on a first run).
+    if revisions:
         conn.execute(
             update(Case)
-            .where(Case.id == case.id)
+            .where(Case.id == bindparam("b_id"))
             .values(
-                status="closed",
-                closed_at=now,
-                close_reason="recovered",
-                revision=case.revision,
+                revision=bindparam("b_rev"),
+                severity=bindparam("b_sev"),
+                recovered_since=None,
                 updated_at=now,
-            )
+            ),
+            revisions,
         )
+    for case in closing:
+        case.revision += 1
         events.append({"case_id": case.id, "kind": "closed", "at": now,
                        "detail": {"reason": "recovered"}})  # fmt: skip
         report.cases_closed += 1
         tasks += _task_items(settings, case, "closed", facts_all.get(case.student_id, {}),
                              school_names, full_referrals.get(case.id, []))  # fmt: skip
+    if closing:
+        conn.execute(
+            update(Case)
+            .where(Case.id == bindparam("b_id"))
+            .values(
+                status="closed",
+                closed_at=now,
+                close_reason="recovered",
+                revision=bindparam("b_rev"),
+                updated_at=now,
+            ),
+            [{"b_id": c.id, "b_rev": c.revision} for c in closing],
+        )
     notices = _family_items(
         conn, settings, {sid: cats for sid, cats in changed.items() if cats}, open_cases,
         facts_all, school_names, report,
