@@ -16,7 +16,7 @@ from typing import Any, Literal, Protocol
 SyncMode = Literal["bulk", "delta"]
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class RawRow:
     """One source record as read, before mapping; `location` says where it came from.
 

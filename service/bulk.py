@@ -11,6 +11,7 @@ from typing import Any
 
 from sqlalchemy import Connection, Table, text
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import IntegrityError
 
 from service.models import Base
 
@@ -62,13 +63,29 @@ def load_rows(
 
 
 def merge(
-    conn: Connection, target: Table, rows: Sequence[tuple[Any, ...]], track_chunks: bool
+    conn: Connection,
+    target: Table,
+    rows: Sequence[tuple[Any, ...]],
+    track_chunks: bool,
+    direct: bool = False,
 ) -> tuple[int, int]:
-    """Upsert `rows` (all columns, in table order) by primary key; returns (inserted, updated)."""
+    """Upsert `rows` (all columns, in table order) by primary key; returns (inserted, updated).
+
+    `direct`: the table was empty when this stream began (a first import), so the rows most
+    likely collide with nothing: write them straight into the table, with no stage. A key seen
+    earlier in the same stream rolls that back to a savepoint and the batch merges as usual.
+    """
     if not rows:
         return 0, 0
-    stage = _stage(conn, target)
     columns = [c.name for c in target.columns]
+    if direct:
+        try:
+            with conn.begin_nested():
+                load_rows(conn, target.name, columns, rows)
+            return len(rows), 0
+        except IntegrityError:
+            pass
+    stage = _stage(conn, target)
     load_rows(conn, stage, columns, rows)
     pk = [c.name for c in target.primary_key.columns]
     match = " AND ".join(f"{target.name}.{k} = s.{k}" for k in pk)

@@ -18,7 +18,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import structlog
-from sqlalchemy import Connection, Engine, bindparam, delete, select, update
+from sqlalchemy import Connection, Engine, String, any_, bindparam, delete, select, update
+from sqlalchemy.dialects.postgresql import ARRAY
 
 from connectors.base import Chunk, RawRow, Source, Stream
 from connectors.sources.csv_chunks import digest64
@@ -113,35 +114,42 @@ def quarantine(
     conn.execute(stmt)
 
 
+def _among(conn: Connection, column: Any, keys: list[str]) -> Any:
+    """`column IN keys`; on PostgreSQL one array parameter instead of thousands of them."""
+    if conn.dialect.name == "postgresql":
+        return column == any_(bindparam("keys", value=keys, type_=ARRAY(String())))
+    return column.in_(keys)
+
+
 def _lookup(conn: Connection, need: str, keys: list[str], into: Lookups) -> None:
     for i in range(0, len(keys), LOOKUP_SLICE):
         part = keys[i : i + LOOKUP_SLICE]
         if need == "roles":
             q = select(UserRole.user_id, UserRole.role, UserRole.org_id, UserRole.role_type).where(
-                UserRole.user_id.in_(part), UserRole.active.is_(True)
+                _among(conn, UserRole.user_id, part), UserRole.active.is_(True)
             )
             for user, role, org, role_type in conn.execute(q):
                 # A primary role wins over a secondary one.
                 if user not in into.roles or role_type == "primary":
                     into.roles[user] = (role, org)
         elif need == "students":
-            q2 = select(Student.student_id).where(Student.student_id.in_(part))
+            q2 = select(Student.student_id).where(_among(conn, Student.student_id, part))
             into.students.update(r[0] for r in conn.execute(q2))
         elif need == "student_by_local_id":
             q3 = select(Student.local_id, Student.student_id).where(
-                Student.local_id.in_(part), Student.active.is_(True)
+                _among(conn, Student.local_id, part), Student.active.is_(True)
             )
             into.student_by_local_id.update({r[0]: r[1] for r in conn.execute(q3) if r[0]})
         elif need == "incident_reports":
             dr = table("discipline_reports")
             q5 = select(dr.c.report_id, dr.c.day, dr.c.state_reportable).where(
-                dr.c.report_id.in_(part), dr.c.active.is_(True)
+                _among(conn, dr.c.report_id, part), dr.c.active.is_(True)
             )
             into.incident_reports.update({r[0]: (r[1], bool(r[2])) for r in conn.execute(q5)})
         elif need == "line_items":
             lt = table("line_items")
             q4 = select(lt.c.line_item_id, lt.c.class_id, lt.c.grading_period_id).where(
-                lt.c.line_item_id.in_(part)
+                _among(conn, lt.c.line_item_id, part)
             )
             into.line_items.update({r[0]: (r[1], r[2]) for r in conn.execute(q4)})
         else:  # pragma: no cover - a mapping declaring an unknown lookup is a programming error
@@ -170,6 +178,7 @@ class Importer:
         self.progress = progress or (lambda _entity, _rows: None)
         self.file_digests: dict[str, bytes] = {}  # entity -> digest of its chunk set, this run
         self.saved: dict[str, str] = {}
+        self._direct: set[str] = set()  # tables empty when the current stream began
 
     def _commit(self, conn: Connection) -> None:
         """Commit; a dry run keeps one open transaction, rolled back when the run ends."""
@@ -281,6 +290,9 @@ class Importer:
         seen: list[int] = []
         batch: list[Chunk] = []
         batch_rows = 0
+        self._direct = {
+            t for t in mapping.tables if conn.execute(select(table(t)).limit(1)).first() is None
+        }
         cursor = self.saved.get(stream.name) if stream.resumable else None
         for chunk in self.source.read(stream, known, cursor):
             seen.append(chunk.digest)
@@ -357,7 +369,9 @@ class Importer:
                 key, row = _canonical_row(table_name, values, source, digest)
                 out[table_name][key] = row
         for table_name, keyed in out.items():
-            inserted, updated = merge(conn, table(table_name), list(keyed.values()), bulk)
+            inserted, updated = merge(
+                conn, table(table_name), list(keyed.values()), bulk, table_name in self._direct
+            )
             if table_name == mapping.tables[0]:
                 stats.inserted += inserted
                 stats.updated += updated
@@ -508,19 +522,19 @@ def _canonical_row(
     table_name: str, values: dict[str, Any], source: str, digest: int
 ) -> tuple[tuple[Any, ...], tuple[Any, ...]]:
     """The full row in table column order, with bookkeeping and a hash of its content."""
-    columns, pk_of, content_of, defaults, hash_at = _layout(table_name)
+    _, pk_of, content_of, defaults, hash_at = _layout(table_name)
     values.setdefault("active", True)
     values["source"] = source
     values["src_chunk"] = digest
-    values["row_hash"] = 0
-    row = [values[c] if c in values else defaults.get(c) for c in columns]
+    get = values.get
+    row = [get(c, d) for c, d in defaults]
     row[hash_at] = _row_digest(content_of(row))
     return pk_of(row), tuple(row)
 
 
 # columns, primary key getter, content getter, Python-side defaults, row_hash position
 Layout = tuple[
-    list[str], Callable[[list[Any]], Any], Callable[[list[Any]], Any], dict[str, Any], int
+    list[str], Callable[[list[Any]], Any], Callable[[list[Any]], Any], list[tuple[str, Any]], int
 ]
 _LAYOUTS: dict[str, Layout] = {}
 
@@ -532,11 +546,15 @@ def _layout(table_name: str) -> Layout:
         columns = [c.name for c in t.columns]
         pk = [columns.index(c.name) for c in t.primary_key.columns]
         content = [i for i, c in enumerate(columns) if c not in BOOKKEEPING]
-        defaults = {
-            c.name: c.default.arg  # type: ignore[attr-defined]
+        defaults = [
+            (
+                c.name,
+                c.default.arg  # type: ignore[attr-defined]
+                if c.default is not None and c.default.is_scalar
+                else None,
+            )
             for c in t.columns
-            if c.default is not None and c.default.is_scalar
-        }
+        ]
         # itemgetter always returns a tuple here: every table has several content columns.
         pk_of = operator.itemgetter(*pk) if len(pk) > 1 else (lambda row, i=pk[0]: (row[i],))
         content_of = operator.itemgetter(*content)

@@ -7,6 +7,7 @@ import shutil
 import zipfile
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy import Engine, func, select, text
 
@@ -311,3 +312,32 @@ def test_dry_run_counts_and_writes_nothing(
     assert entity(reports, "enrollments").inserted == summary.enrollments
     for t in ("students", "contacts", "attendance_events", "ingest_chunks", "sync_runs"):
         assert count(engine, f"SELECT COUNT(*) FROM {t}") == 0, t
+
+
+def test_first_import_with_keys_repeated_across_batches_lands_each_once(
+    engine: Engine, make_settings: Callable[..., Settings], tmp_path: Path, monkeypatch: Any
+) -> None:
+    """The empty-table fast path meets a key again in a later batch and falls back to merging."""
+    import service.ingest
+
+    monkeypatch.setattr(service.ingest, "BATCH_ROWS", 40)
+    data = tmp_path / "data"
+    summary = generate_district(data, students=60, seed=12)
+    users_path = data / "oneroster" / "users.csv"
+    users = rows(users_path)
+    first_student = next(u for u in users if u["sourcedId"] == student_ids(data)[0])
+    renamed = dict(first_student, familyName="Later-Row-Wins")
+    rewrite(users_path, list(users[0].keys()), [*users, renamed])  # same key, last batch
+    reports = run_sync(engine, make_settings(data))
+    assert all(r.error is None for r in reports)
+    assert count(engine, "SELECT COUNT(*) FROM students") == summary.students
+    assert count(engine, "SELECT COUNT(*) FROM enrollments") == summary.enrollments
+    assert (
+        count(engine, "SELECT COUNT(DISTINCT student_id) FROM student_contacts") == summary.students
+    )
+    with engine.connect() as conn:
+        last = conn.execute(
+            text("SELECT last_name FROM students WHERE student_id = :s"),
+            {"s": first_student["sourcedId"]},
+        ).scalar_one()
+    assert last == "Later-Row-Wins"
