@@ -86,12 +86,14 @@ def compute_indicators(conn: Connection, cfg: IndicatorConfig, as_of: date) -> I
         "SELECT student_id, school_id, "
         "CASE WHEN start_day < :ys THEN :ys ELSE start_day END AS start_day, "
         "CASE WHEN end_day > :as_of THEN :as_of ELSE end_day END AS end_day FROM ("
-        "  SELECT e.user_id AS student_id, COALESCE(e.school_id, c.school_id) AS school_id,"
-        "         MIN(COALESCE(e.begin_date, :lo)) AS start_day,"
-        "         MAX(COALESCE(e.end_date, :hi)) AS end_day"
-        "  FROM enrollments e LEFT JOIN classes c ON c.class_id = e.class_id"
-        "  WHERE e.role = 'student' AND e.active"
-        "  GROUP BY e.user_id, COALESCE(e.school_id, c.school_id)"
+        "  SELECT student_id, school_id, MIN(begin_day) AS start_day, MAX(end_day) AS end_day"
+        "  FROM (SELECT e.user_id AS student_id,"
+        # The class is looked up only for enrollments that do not name their school.
+        "         COALESCE(e.school_id,"
+        "          (SELECT c.school_id FROM classes c WHERE c.class_id = e.class_id)) AS school_id,"
+        "         COALESCE(e.begin_date, :lo) AS begin_day, COALESCE(e.end_date, :hi) AS end_day"
+        "        FROM enrollments e WHERE e.role = 'student' AND e.active) se"
+        "  GROUP BY student_id, school_id"
         "  UNION ALL"
         "  SELECT s.student_id, s.school_id, :lo, :hi FROM students s"
         "  WHERE s.active AND NOT EXISTS (SELECT 1 FROM enrollments e"
@@ -125,9 +127,11 @@ def compute_indicators(conn: Connection, cfg: IndicatorConfig, as_of: date) -> I
         "   MAX(CASE WHEN a.category = 'suspension' THEN 1 ELSE 0 END) AS suspension"
         "  FROM attendance_events a"
         "  JOIN tmp_spans sp ON sp.student_id = a.student_id"
-        "   AND a.day >= sp.start_day AND a.day <= sp.end_day"
         "  JOIN tmp_ordinals o ON o.school_id = sp.school_id AND o.day = a.day"
-        f"  WHERE a.active AND a.category IN ({absent_in})"
+        # COALESCE hides the span bounds from SQLite's planner, which would otherwise carry them
+        # over to o.day and range-scan the calendar instead of one equality lookup (4x slower).
+        "  WHERE COALESCE(a.day, a.day) >= sp.start_day AND COALESCE(a.day, a.day) <= sp.end_day"
+        f"  AND a.active AND a.category IN ({absent_in})"
         "  GROUP BY a.student_id, a.day"
         ") d GROUP BY student_id",
         p,
