@@ -6,10 +6,12 @@ both. Rows whose content hash did not change are not written at all.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
+from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Connection, Table, text
+from sqlalchemy import JSON, Connection, Table, text
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 
@@ -29,9 +31,9 @@ def dialect_insert(conn: Connection, target: Table) -> Any:
     return sqlite.insert(target)
 
 
-def _stage(conn: Connection, target: Table) -> str:
+def _stage(conn: Connection, target: Table, columns: Sequence[str] | None = None) -> str:
     name = f"stage_{target.name}"
-    cols = ", ".join(c.name for c in target.columns)
+    cols = ", ".join(columns or [c.name for c in target.columns])
     conn.execute(
         text(
             f"CREATE TEMP TABLE IF NOT EXISTS {name} AS SELECT {cols} FROM {target.name} WHERE 1=0"
@@ -114,3 +116,51 @@ def merge(
         )
     ).rowcount
     return inserted, updated
+
+
+def _driver_value(conn: Connection, value: Any, is_json: bool) -> Any:
+    if is_json:
+        return json.dumps(value, default=str)
+    if isinstance(value, datetime) and conn.dialect.name == "sqlite":
+        # The text SQLAlchemy itself stores for a DateTime on SQLite (UTC, no offset).
+        if value.tzinfo is not None:
+            value = value.astimezone(UTC).replace(tzinfo=None)
+        return value.strftime("%Y-%m-%d %H:%M:%S.%f")
+    return value
+
+
+def _driver_rows(
+    conn: Connection, target: Table, rows: Sequence[dict[str, Any]]
+) -> tuple[list[str], list[tuple[Any, ...]]]:
+    """Rows as the driver takes them: JSON serialised once, datetimes as SQLAlchemy stores them."""
+    columns = list(rows[0])
+    is_json = [isinstance(target.c[c].type, JSON) for c in columns]
+    out = [
+        tuple(_driver_value(conn, row[c], j) for c, j in zip(columns, is_json, strict=True))
+        for row in rows
+    ]
+    return columns, out
+
+
+def insert_many(conn: Connection, target: Table, rows: Sequence[dict[str, Any]]) -> None:
+    """Plain inserts at driver speed (COPY on PostgreSQL), in the caller's transaction."""
+    if rows:
+        columns, values = _driver_rows(conn, target, rows)
+        load_rows(conn, target.name, columns, values)
+
+
+def insert_new(conn: Connection, target: Table, key: str, rows: Sequence[dict[str, Any]]) -> int:
+    """Insert the rows whose `key` is not there yet; returns how many were new."""
+    if not rows:
+        return 0
+    columns, values = _driver_rows(conn, target, rows)
+    stage = _stage(conn, target, columns)
+    load_rows(conn, stage, columns, values)
+    cols = ", ".join(columns)
+    return conn.execute(
+        text(
+            # "WHERE true": SQLite would read ON CONFLICT as part of a join without it.
+            f"INSERT INTO {target.name} ({cols}) SELECT {cols} FROM {stage} WHERE true "
+            f"ON CONFLICT ({key}) DO NOTHING"
+        )
+    ).rowcount

@@ -17,6 +17,7 @@ from typing import Any
 import structlog
 from sqlalchemy import Connection, Engine, bindparam, select, text, update
 
+from service.bulk import insert_many, table
 from service.clock import utcnow
 from service.config import CaseloadConfig, Settings
 from service.indicator_names import INDICATORS
@@ -286,7 +287,7 @@ def _apply(
         if case.reopened:
             changed.setdefault(sid, set())
     if referrals:
-        conn.execute(Referral.__table__.insert(), referrals)  # type: ignore[attr-defined]
+        insert_many(conn, table("referrals"), referrals)
         report.referrals_created += len(referrals)
     if touched:
         conn.execute(
@@ -373,7 +374,7 @@ def _apply(
         facts_all, school_names, report,
     )  # fmt: skip
     if events:
-        conn.execute(CaseEvent.__table__.insert(), events)  # type: ignore[attr-defined]
+        insert_many(conn, table("case_events"), events)
     report.tasks_enqueued += enqueue(conn, tasks)
     report.family_messages_enqueued += enqueue(conn, notices)
 

@@ -19,7 +19,7 @@ import structlog
 from sqlalchemy import Connection, Engine, or_, select, update
 
 from connectors.base import DeliveryResult
-from service.bulk import dialect_insert, table
+from service.bulk import insert_new, table
 from service.clock import utcnow
 from service.config import OutboxConfig
 from service.errors import PermanentError, TransientError
@@ -41,22 +41,23 @@ def enqueue(conn: Connection, items: list[dict[str, Any]]) -> int:
     now = utcnow()
     rows = [
         {
+            "idempotency_key": item["idempotency_key"],
+            "kind": item["kind"],
+            "target": item["target"],
+            "case_id": item.get("case_id"),
+            "student_id": item.get("student_id"),
+            "contact_id": item.get("contact_id"),
+            "payload": item["payload"],
             "status": "pending",
             "attempts": 0,
             "next_attempt_at": now,
             "created_at": now,
-            **item,
         }
         for item in items
     ]
-    outbox = table("outbox")
-    stmt = (
-        dialect_insert(conn, outbox)
-        .on_conflict_do_nothing(index_elements=["idempotency_key"])
-        .returning(outbox.c.id)
-    )
-    # RETURNING counts what was really added; executemany's rowcount is -1 on psycopg.
-    return len(conn.execute(stmt, rows).all())
+    # Staged and inserted in one statement: an existing key is skipped, and the rowcount is
+    # exact on every driver (executemany's is -1 on psycopg).
+    return insert_new(conn, table("outbox"), "idempotency_key", rows)
 
 
 @dataclass
