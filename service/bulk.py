@@ -7,11 +7,12 @@ both. Rows whose content hash did not change are not written at all.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+import operator
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import JSON, Connection, Table, text
+from sqlalchemy import JSON, Connection, DateTime, Table, text
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 
@@ -118,15 +119,13 @@ def merge(
     return inserted, updated
 
 
-def _driver_value(conn: Connection, value: Any, is_json: bool) -> Any:
-    if is_json:
-        return json.dumps(value, default=str)
-    if isinstance(value, datetime) and conn.dialect.name == "sqlite":
-        # The text SQLAlchemy itself stores for a DateTime on SQLite (UTC, no offset).
-        if value.tzinfo is not None:
-            value = value.astimezone(UTC).replace(tzinfo=None)
-        return value.strftime("%Y-%m-%d %H:%M:%S.%f")
-    return value
+def _sqlite_datetime(value: datetime | None) -> str | None:
+    """The text SQLAlchemy itself stores for a DateTime on SQLite (UTC, no offset)."""
+    if value is None:
+        return None
+    if value.tzinfo is not None:
+        value = value.astimezone(UTC).replace(tzinfo=None)
+    return value.strftime("%Y-%m-%d %H:%M:%S.%f")
 
 
 def _driver_rows(
@@ -134,11 +133,20 @@ def _driver_rows(
 ) -> tuple[list[str], list[tuple[Any, ...]]]:
     """Rows as the driver takes them: JSON serialised once, datetimes as SQLAlchemy stores them."""
     columns = list(rows[0])
-    is_json = [isinstance(target.c[c].type, JSON) for c in columns]
-    out = [
-        tuple(_driver_value(conn, row[c], j) for c, j in zip(columns, is_json, strict=True))
-        for row in rows
-    ]
+    convert: list[tuple[int, Callable[[Any], Any]]] = []
+    for n, name in enumerate(columns):
+        kind = target.c[name].type
+        if isinstance(kind, JSON):
+            convert.append((n, lambda v: json.dumps(v, default=str)))
+        elif isinstance(kind, DateTime) and conn.dialect.name == "sqlite":
+            convert.append((n, _sqlite_datetime))
+    getter = operator.itemgetter(*columns)
+    out = []
+    for row in rows:
+        values = list(getter(row))
+        for n, fn in convert:
+            values[n] = fn(values[n])
+        out.append(tuple(values))
     return columns, out
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass, field
-from datetime import date, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 import structlog
@@ -321,9 +321,14 @@ def _apply(
     tasks: list[dict[str, Any]] = []
     facts_all = {**students, **_student_facts(conn, [c.student_id for c in closing])}
     school_names = _school_names(conn)
-    full_referrals = _referrals_for(
-        conn, [open_cases[s].id for s in changed] + [c.id for c in closing]
-    )
+    # A new case's reasons are the referrals written just now; only older cases read theirs.
+    fresh = {c.id for c in open_cases.values() if c.revision == 0}
+    full_referrals: dict[int, list[dict[str, Any]]] = {}
+    for r in referrals:
+        if r["case_id"] in fresh:
+            full_referrals.setdefault(r["case_id"], []).append(_reason_of(r))
+    older = [open_cases[s].id for s in changed if open_cases[s].id not in fresh]
+    full_referrals.update(_referrals_for(conn, older + [c.id for c in closing]))
     revisions: list[dict[str, Any]] = []
     for sid in changed:
         case = open_cases[sid]
@@ -419,6 +424,24 @@ def _school_names(conn: Connection) -> dict[str, str]:
     return {sid: name for sid, name in conn.execute(select(School.school_id, School.name))}
 
 
+REASON_FIELDS = ("rule_id", "rule_version", "reason", "severity", "evidence", "origin",
+                 "rule_expression")  # fmt: skip
+
+
+def _reason_of(referral: dict[str, Any]) -> dict[str, Any]:
+    """What the staff task shows of one referral."""
+    out = {k: referral.get(k) for k in REASON_FIELDS}
+    out["created_at"] = _iso(referral.get("created_at"))
+    return out
+
+
+def _iso(moment: datetime | None) -> str | None:
+    """UTC ISO-8601 whether the database handed back an aware or a naive (SQLite) datetime."""
+    if moment is None:
+        return None
+    return (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).isoformat()
+
+
 def _referrals_for(conn: Connection, case_ids: list[int]) -> dict[int, list[dict[str, Any]]]:
     out: dict[int, list[dict[str, Any]]] = {}
     for i in range(0, len(case_ids), 5000):
@@ -433,7 +456,7 @@ def _referrals_for(conn: Connection, case_ids: list[int]) -> dict[int, list[dict
         )  # fmt: skip
         for row in conn.execute(q).mappings():
             r = dict(row)
-            r["created_at"] = r["created_at"].isoformat() if r["created_at"] else None
+            r["created_at"] = _iso(r["created_at"])
             out.setdefault(r.pop("case_id"), []).append(r)
     return out
 
