@@ -82,11 +82,13 @@ def merge(
         return 0, 0
     columns = [c.name for c in target.columns]
     if direct:
+        # The driver's own error: load_rows talks to the DBAPI cursor, below SQLAlchemy.
+        duplicate = conn.dialect.loaded_dbapi.IntegrityError
         try:
             with conn.begin_nested():
                 load_rows(conn, target.name, columns, rows)
             return len(rows), 0
-        except IntegrityError:
+        except (IntegrityError, duplicate):
             pass
     stage = _stage(conn, target)
     load_rows(conn, stage, columns, rows)

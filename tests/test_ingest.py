@@ -318,9 +318,12 @@ def test_first_import_with_keys_repeated_across_batches_lands_each_once(
     engine: Engine, make_settings: Callable[..., Settings], tmp_path: Path, monkeypatch: Any
 ) -> None:
     """The empty-table fast path meets a key again in a later batch and falls back to merging."""
+    import connectors.sources.csv_chunks
     import service.ingest
 
+    # Small chunks and batches, so the repeated key and its first row land in different batches.
     monkeypatch.setattr(service.ingest, "BATCH_ROWS", 40)
+    monkeypatch.setattr(connectors.sources.csv_chunks, "MAX_ROWS", 16)
     data = tmp_path / "data"
     summary = generate_district(data, students=60, seed=12)
     users_path = data / "oneroster" / "users.csv"
