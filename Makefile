@@ -33,6 +33,7 @@ test: install lint postgres
 
 bench: install postgres
 	$(BIN)/python bench/bench_import.py
+	$(BIN)/python bench/bench_edfi.py
 
 clean:
 	rm -rf $(VENV) var out .pytest_cache .mypy_cache .ruff_cache
