@@ -57,6 +57,12 @@ def _as_date(value: object) -> date:
     return value if isinstance(value, date) else date.fromisoformat(str(value))
 
 
+def _analyze(conn: Connection, name: str) -> None:
+    """PostgreSQL keeps no statistics for a new temp table; without them it plans blind."""
+    if conn.dialect.name == "postgresql":
+        conn.execute(text(f"ANALYZE {name}"))
+
+
 def _temp(conn: Connection, name: str, select_sql: str, params: dict[str, object]) -> None:
     conn.execute(text(f"DROP TABLE IF EXISTS {name}"))
     conn.execute(text(f"CREATE TEMP TABLE {name} AS {select_sql}"), params)
@@ -79,6 +85,7 @@ def compute_indicators(conn: Connection, cfg: IndicatorConfig, as_of: date) -> I
         p,
     )
     conn.execute(text("CREATE INDEX ix_tmp_ordinals ON tmp_ordinals (school_id, day)"))
+    _analyze(conn, "tmp_ordinals")
     # One span per student and school: first class entry to last exit, clipped to the window.
     _temp(
         conn,
@@ -102,14 +109,17 @@ def compute_indicators(conn: Connection, cfg: IndicatorConfig, as_of: date) -> I
         p,
     )
     conn.execute(text("CREATE INDEX ix_tmp_spans ON tmp_spans (student_id)"))
+    _analyze(conn, "tmp_spans")
     _temp(
         conn,
         "tmp_enrolled",
+        # The ordinal of the last instructional day on or before each bound: one backward
+        # index step each (MAX(n) would scan every earlier day on PostgreSQL).
         "SELECT sp.student_id, SUM("
-        " COALESCE((SELECT MAX(o.n) FROM tmp_ordinals o"
-        "           WHERE o.school_id = sp.school_id AND o.day <= sp.end_day), 0)"
-        " - COALESCE((SELECT MAX(o.n) FROM tmp_ordinals o"
-        "           WHERE o.school_id = sp.school_id AND o.day < sp.start_day), 0)"
+        " COALESCE((SELECT o.n FROM tmp_ordinals o WHERE o.school_id = sp.school_id"
+        "           AND o.day <= sp.end_day ORDER BY o.day DESC LIMIT 1), 0)"
+        " - COALESCE((SELECT o.n FROM tmp_ordinals o WHERE o.school_id = sp.school_id"
+        "           AND o.day < sp.start_day ORDER BY o.day DESC LIMIT 1), 0)"
         ") AS enrolled_days FROM tmp_spans sp WHERE sp.end_day >= sp.start_day "
         "GROUP BY sp.student_id",
         p,
