@@ -18,7 +18,7 @@ from mappings.sis_export import sis_entity_mappings
 from mappings.spec import EntityMapping
 from service.config import EdFiSource, OneRosterRestSource, Settings, SisCsvSource, SourceConfig
 from service.config import OneRosterCsvSource as OneRosterCsvConfig
-from service.errors import CasebridgeError
+from service.errors import CasebridgeError, PermanentError
 from service.ingest import Importer, ProgressFn, SyncReport
 
 log = structlog.get_logger(__name__)
@@ -32,6 +32,8 @@ def build_source(
     if isinstance(cfg, EdFiSource):
         override = settings.resolve(cfg.descriptor_map) if cfg.descriptor_map else None
         if override is not None:
+            if not override.is_file():
+                raise PermanentError(f"{cfg.name}: descriptor_map {override} does not exist")
             fingerprint += override.read_bytes()  # an edited map re-reads unchanged pages
         source = EdFiApiSource(cfg, mappings_factory(DescriptorMap.load(override)))
         return source, source.mappings, fingerprint
