@@ -32,9 +32,8 @@ from service.errors import PermanentError
 
 log = structlog.get_logger(__name__)
 
-# A window holding more records than this is split, so one window's pages fit in memory.
-MAX_WINDOW_RECORDS = 5_000
-PREFETCH_PAGES = 24  # two windows: the next one fetches while this one is written
+GROUP_PAGES = 8  # pages of a window held at once; the next group is fetched meanwhile
+PREFETCH_PAGES = 16  # two groups: the next one fetches while this one is written
 PREFETCH_STREAMS = 3  # resources fetching at once: the one being read and the next two
 MODES = {
     "shared instance": "shared_instance",
@@ -222,38 +221,41 @@ class EdFiApiSource:
     def _window(
         self, url: str, low: int, high: int, name: str
     ) -> Iterator[tuple[bytes, list[dict[str, Any]]]]:
-        """The pages of one change-version window, split until each window is small enough."""
+        """The pages of one change-version window, last offset first, a group at a time.
+
+        Reverse order: a record that leaves the window mid-pull shifts only pages already read,
+        so a row may repeat but none is skipped. Groups keep memory to GROUP_PAGES pages while
+        the next group is already being fetched.
+        """
         if self.cursor_paging:
             yield from self._token_pages(url, low, high)
             return
         size = self.cfg.page_size
         params = {"minChangeVersion": low, "maxChangeVersion": high}
-        first = self.http.get_json(
-            url, {**params, "offset": 0, "limit": size, "totalCount": "true"}
-        )
-        total = int(first.headers.get("Total-Count") or len(first.body))
-        if total > MAX_WINDOW_RECORDS and high > low:
-            middle = (low + high) // 2
-            yield from self._window(url, low, middle, name)
-            yield from self._window(url, middle + 1, high, name)
-            return
-        offsets = list(range(size, total, size))
-        pages = {0: (first.raw, _records(first.body, url))}
-        # Reverse order: a record leaving the window mid-pull can repeat a row, never skip one.
+        head = self.http.get_json(url, {**params, "offset": 0, "limit": 0, "totalCount": "true"})
+        total = int(head.headers.get("Total-Count") or 0)
+        offsets = list(range(0, total, size))[::-1]
+        groups = [offsets[i : i + GROUP_PAGES] for i in range(0, len(offsets), GROUP_PAGES)]
+        received = 0
         with ThreadPoolExecutor(max_workers=self.http.policy.concurrency) as pool:
-            futures = {
-                off: pool.submit(self.http.get_json, url, {**params, "offset": off, "limit": size})
-                for off in reversed(offsets)
-            }
-            for off, future in futures.items():
-                page = future.result()
-                pages[off] = (page.raw, _records(page.body, url))
-        received = sum(len(p[1]) for p in pages.values())
+
+            def submit(group: list[int]) -> list[Any]:
+                return [
+                    pool.submit(self.http.get_json, url, {**params, "offset": o, "limit": size})
+                    for o in group
+                ]
+
+            ahead = submit(groups[0]) if groups else []
+            for n in range(len(groups)):
+                current, ahead = ahead, (submit(groups[n + 1]) if n + 1 < len(groups) else [])
+                for future in current:
+                    page = future.result()
+                    records = _records(page.body, url)
+                    received += len(records)
+                    if records:
+                        yield page.raw, records
         if received != total:
             log.warning("edfi.count_changed", resource=name, expected=total, received=received)
-        for off in sorted(pages):
-            if pages[off][1]:
-                yield pages[off]
 
     def _token_pages(
         self, url: str, low: int, high: int
