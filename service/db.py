@@ -45,7 +45,8 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
             cur.execute("PRAGMA synchronous=NORMAL")
             cur.execute("PRAGMA foreign_keys=ON")
             cur.execute("PRAGMA temp_store=MEMORY")
-            cur.execute("PRAGMA cache_size=-65536")
+            # 32 MiB per connection: the pool keeps several, and memory must stay bounded.
+            cur.execute("PRAGMA cache_size=-32768")
             cur.close()
 
         return engine

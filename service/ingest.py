@@ -197,20 +197,16 @@ class Importer:
                 )
             }
         self.saved = {} if self.full else saved
-        # A dry run does everything in one transaction (later files see earlier ones' rows, so
-        # the counts are true) and throws it away at the end.
-        with self.engine.connect() as dry:
+        # One connection for the whole run. A dry run also keeps one transaction (later files
+        # see earlier ones' rows, so the counts are true) and throws it away at the end.
+        with self.engine.connect() as conn:
             for stream in self.source.streams(self.saved):
                 mapping = self.mappings.get(stream.name)
                 if mapping is None:
                     continue
                 stats = report.entities.setdefault(stream.name, EntityStats())
-                if self.dry_run:
-                    self._import_stream(dry, stream, mapping, stats)
-                    continue
-                with self.engine.connect() as conn:
-                    self._import_stream(conn, stream, mapping, stats)
-            dry.rollback()
+                self._import_stream(conn, stream, mapping, stats)
+            conn.rollback()
         if self.dry_run:
             return report
         with self.engine.begin() as conn:
