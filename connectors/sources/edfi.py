@@ -189,10 +189,14 @@ class EdFiApiSource:
         while low <= plan.high:
             high = min(plan.high, low + self.cfg.change_version_window - 1)
             for index, (phase, phase_url) in enumerate(phases):
-                pages = list(self._window(phase_url, low, high, name)) or [(b"[]", [])]
-                for n, (raw, records) in enumerate(pages):
-                    ends = index == len(phases) - 1 and n == len(pages) - 1
-                    yield Page(phase, records, raw, high, ends)
+                last_phase = index == len(phases) - 1
+                # One page of lookahead marks the window's last page without holding the window.
+                held: tuple[bytes, list[dict[str, Any]]] = (b"[]", [])
+                for n, page in enumerate(self._window(phase_url, low, high, name)):
+                    if n:
+                        yield Page(phase, held[1], held[0], high, False)
+                    held = page
+                yield Page(phase, held[1], held[0], high, last_phase)
             low = high + 1
 
     def _chunk(
