@@ -23,6 +23,7 @@ import tenacity
 from requests.adapters import HTTPAdapter
 from requests.auth import AuthBase, HTTPBasicAuth
 
+from service.config import HttpSettings
 from service.errors import PermanentError, TransientError
 
 log = structlog.get_logger(__name__)
@@ -162,6 +163,19 @@ class HttpPolicy:
     backoff_max: float = 30.0
     requests_per_second: float | None = None
     concurrency: int = 4
+
+    @classmethod
+    def from_settings(cls, h: HttpSettings) -> HttpPolicy:
+        """The policy a source's `http:` block in the district's YAML asks for."""
+        return cls(
+            connect_timeout=h.connect_timeout_seconds,
+            read_timeout=h.read_timeout_seconds,
+            max_attempts=h.max_attempts,
+            backoff_base=h.backoff_base_seconds,
+            backoff_max=h.backoff_max_seconds,
+            requests_per_second=h.requests_per_second,
+            concurrency=h.concurrency,
+        )
 
 
 @dataclass

@@ -51,19 +51,6 @@ class Plan:
     high: int  # last change version to read (inclusive)
 
 
-def policy_of(cfg: EdFiSource) -> HttpPolicy:
-    h = cfg.http
-    return HttpPolicy(
-        connect_timeout=h.connect_timeout_seconds,
-        read_timeout=h.read_timeout_seconds,
-        max_attempts=h.max_attempts,
-        backoff_base=h.backoff_base_seconds,
-        backoff_max=h.backoff_max_seconds,
-        requests_per_second=h.requests_per_second,
-        concurrency=h.concurrency,
-    )
-
-
 class EdFiApiSource:
     kind = "edfi"
 
@@ -72,7 +59,9 @@ class EdFiApiSource:
         self.cfg = cfg
         self._mappings_for = mappings_for  # data standard -> list[EntityMapping]
         self.mappings: dict[str, EntityMapping] = {}
-        self.http = HttpClient(None, policy_of(cfg))  # auth is set once discovery names the URL
+        self.http = HttpClient(
+            None, HttpPolicy.from_settings(cfg.http)
+        )  # auth is set once discovery names the URL
         self.plans: dict[str, Plan] = {}
         self.data_standard = 0
         self.year = cfg.school_year

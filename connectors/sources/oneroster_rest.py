@@ -117,16 +117,7 @@ class OneRosterRestApiSource:
             token_url = cfg.token_url or cfg.base_url.rstrip("/") + "/token"
             scope = " ".join(cfg.scopes) if cfg.version == "1.2" and cfg.scopes else None
             auth = OAuth2ClientCredentials(token_url, cfg.client_id, cfg.client_secret, scope)
-        h = cfg.http
-        self.http = HttpClient(
-            auth,
-            HttpPolicy(
-                connect_timeout=h.connect_timeout_seconds, read_timeout=h.read_timeout_seconds,
-                max_attempts=h.max_attempts, backoff_base=h.backoff_base_seconds,
-                backoff_max=h.backoff_max_seconds, requests_per_second=h.requests_per_second,
-                concurrency=h.concurrency,
-            ),
-        )  # fmt: skip
+        self.http = HttpClient(auth, HttpPolicy.from_settings(cfg.http))
         maps = {m.entity: m for m in entity_mappings(tuple(cfg.guardian_roles))}
         self.mappings: dict[str, EntityMapping] = {c: maps[c] for c in COLLECTIONS}
         self.plans: dict[str, Plan] = {}
