@@ -11,29 +11,8 @@ from functools import partial
 
 from mappings.fields import optional, parse_date, parse_float, required
 from mappings.spec import EntityMapping, Lookups, Mapped
-from service.config import SisCsvSource
+from service.config import SisColumnMap, SisCsvSource
 from service.errors import BadRecord
-
-# Canonical field -> is it required. The district's YAML maps each to a column of its export.
-CALENDAR_FIELDS = {"school_id": True, "date": True, "in_session": True}
-ATTENDANCE_FIELDS = {
-    "event_id": False,
-    "student": True,
-    "school_id": False,
-    "date": True,
-    "period": False,
-    "code": True,
-}
-DISCIPLINE_FIELDS = {
-    "incident_id": True,
-    "student": True,
-    "school_id": False,
-    "date": True,
-    "behavior_code": False,
-    "action_code": True,
-    "action_days": False,
-    "state_reportable": False,
-}
 
 
 def _get(row: dict[str, str], columns: dict[str, str], field: str) -> str | None:
@@ -139,16 +118,6 @@ def map_discipline(
     ]
 
 
-def _columns_for(
-    entity: str, fields: dict[str, bool], columns: dict[str, str]
-) -> tuple[frozenset[str], frozenset[str]]:
-    missing = [f for f, req in fields.items() if req and f not in columns]
-    if missing:
-        raise ValueError(f"{entity}.columns must name a column for {missing}")
-    required_cols = frozenset(columns[f] for f, req in fields.items() if req and f in columns)
-    return required_cols, frozenset(columns.values())
-
-
 def sis_entity_mappings(cfg: SisCsvSource) -> list[EntityMapping]:
     """Calendar, attendance and discipline mappings as the district configured them."""
     formats = tuple(cfg.date_formats)
@@ -157,12 +126,17 @@ def sis_entity_mappings(cfg: SisCsvSource) -> list[EntityMapping]:
     out: list[EntityMapping] = []
 
     def add(
-        entity: str, file: str, table: str, fields: dict[str, bool], columns: dict[str, str],
+        entity: str, spec: SisColumnMap, table: str,
         fn: Callable[[dict[str, str], Lookups], Mapped], resolve_student: bool,
     ) -> None:  # fmt: skip
-        req, known = _columns_for(entity, fields, columns)
+        # The configuration already refused a file that does not name its REQUIRED fields.
+        columns = spec.columns
+        required = frozenset(columns[f] for f in spec.REQUIRED)
         needs = ((lookup, columns["student"]),) if resolve_student else ()
-        out.append(EntityMapping(entity, file, (table,), req, known, fn, needs=needs))
+        out.append(
+            EntityMapping(entity, spec.file, (table,), required, frozenset(columns.values()), fn,
+                          needs=needs)
+        )  # fmt: skip
 
     if cfg.calendar:
         c = cfg.calendar
@@ -170,19 +144,19 @@ def sis_entity_mappings(cfg: SisCsvSource) -> list[EntityMapping]:
             map_calendar, columns=c.columns, formats=formats,
             in_session=frozenset(c.in_session_values),
         )  # fmt: skip
-        add("calendar", c.file, "calendar_days", CALENDAR_FIELDS, c.columns, fn, False)
+        add("calendar", c, "calendar_days", fn, False)
     if cfg.attendance:
         a = cfg.attendance
         fn = partial(
             map_attendance, columns=a.columns, formats=formats, codes=dict(a.codes),
             by_local=by_local,
         )  # fmt: skip
-        add("attendance", a.file, "attendance_events", ATTENDANCE_FIELDS, a.columns, fn, True)
+        add("attendance", a, "attendance_events", fn, True)
     if cfg.discipline:
         d = cfg.discipline
         fn = partial(
             map_discipline, columns=d.columns, formats=formats, actions=dict(d.actions),
             reportable=frozenset(d.state_reportable_values), by_local=by_local,
         )  # fmt: skip
-        add("discipline", d.file, "discipline_incidents", DISCIPLINE_FIELDS, d.columns, fn, True)
+        add("discipline", d, "discipline_incidents", fn, True)
     return out
