@@ -2,7 +2,7 @@
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
-PACKAGES := service connectors mappings jobs
+PACKAGES := service connectors mappings jobs tools
 
 .PHONY: install demo test lint postgres bench clean
 

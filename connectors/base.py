@@ -9,9 +9,15 @@ Connectors do I/O and nothing else: mapping lives in `mappings/`, storage in `se
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol
+
+from pydantic import BaseModel
+
+if TYPE_CHECKING:
+    from mappings.spec import EntityMapping
 
 SyncMode = Literal["bulk", "delta"]
 
@@ -73,6 +79,8 @@ class Source(Protocol):
     """A system of record we pull from."""
 
     name: str
+    # True when students' school and grade come from their latest enrollment (Ed-Fi).
+    places_students: bool
 
     def streams(self, saved: Mapping[str, str]) -> list[Stream]:
         """The streams to read now, in dependency order (orgs before users...).
@@ -111,3 +119,17 @@ class Channel(Protocol):
     medium: str
 
     def send(self, idempotency_key: str, message: dict[str, Any]) -> DeliveryResult: ...
+
+
+@dataclass
+class BuiltSource:
+    """What a source kind's factory returns: the connector, its mappings and a fingerprint of
+    the configuration the mappings depend on (a change re-reads chunks already imported)."""
+
+    source: Source
+    mappings: dict[str, EntityMapping]
+    fingerprint: bytes
+
+
+def config_fingerprint(cfg: BaseModel) -> bytes:
+    return hashlib.blake2b(cfg.model_dump_json().encode(), digest_size=16).digest()

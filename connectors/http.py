@@ -20,15 +20,28 @@ from typing import Any, Protocol
 import requests
 import structlog
 import tenacity
+from pydantic import Field
 from requests.adapters import HTTPAdapter
 from requests.auth import AuthBase, HTTPBasicAuth
 
-from service.config import HttpSettings
+from service.config import Strict
 from service.errors import PermanentError, TransientError
 
 log = structlog.get_logger(__name__)
 
 RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
+
+
+class HttpSettings(Strict):
+    """Politeness and patience toward a district's API (shared by every API source)."""
+
+    connect_timeout_seconds: float = Field(5.0, gt=0)
+    read_timeout_seconds: float = Field(60.0, gt=0)
+    max_attempts: int = Field(6, ge=1)
+    backoff_base_seconds: float = Field(0.5, ge=0)
+    backoff_max_seconds: float = Field(30.0, ge=0)
+    requests_per_second: float | None = Field(None, gt=0)
+    concurrency: int = Field(4, ge=1, le=32)
 
 
 class Auth(Protocol):

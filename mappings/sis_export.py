@@ -8,11 +8,61 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from functools import partial
+from typing import ClassVar, Literal
+
+from pydantic import field_validator
 
 from mappings.fields import optional, parse_date, parse_float, required
 from mappings.spec import EntityMapping, Lookups, Mapped
-from service.config import SisColumnMap, SisCsvSource
+from service.config import Strict
 from service.errors import BadRecord
+
+
+class SisColumnMap(Strict):
+    """Which column of the district's export holds each field we need."""
+
+    file: str
+    columns: dict[str, str]
+    REQUIRED: ClassVar[tuple[str, ...]] = ()
+
+    @field_validator("columns")
+    @classmethod
+    def _names_required_fields(cls, value: dict[str, str]) -> dict[str, str]:
+        missing = [f for f in cls.REQUIRED if f not in value]
+        if missing:
+            raise ValueError(f"must name the export column for {missing}")
+        return value
+
+
+class SisCalendarFile(SisColumnMap):
+    REQUIRED = ("school_id", "date", "in_session")
+    in_session_values: list[str] = ["Y", "1", "TRUE", "true"]
+
+
+class SisAttendanceFile(SisColumnMap):
+    REQUIRED = ("student", "date", "code")
+    # district code -> excused | unexcused | suspension | tardy | present
+    codes: dict[str, Literal["excused", "unexcused", "suspension", "tardy", "present"]]
+
+
+class SisDisciplineFile(SisColumnMap):
+    REQUIRED = ("incident_id", "student", "date", "action_code")
+    # district action code -> out_of_school_suspension | in_school_suspension | expulsion | other
+    actions: dict[
+        str, Literal["out_of_school_suspension", "in_school_suspension", "expulsion", "other"]
+    ]
+    state_reportable_values: list[str] = ["Y", "1", "TRUE", "true"]
+
+
+class SisExportMapping(Strict):
+    """How a district's export is read: how rows name students, date formats, each file's map."""
+
+    # How export rows name a student: by our student id (OneRoster sourcedId) or local number.
+    student_match: Literal["student_id", "local_id"] = "local_id"
+    date_formats: list[str] = ["%Y-%m-%d"]
+    calendar: SisCalendarFile | None = None
+    attendance: SisAttendanceFile | None = None
+    discipline: SisDisciplineFile | None = None
 
 
 def _get(row: dict[str, str], columns: dict[str, str], field: str) -> str | None:
@@ -118,7 +168,7 @@ def map_discipline(
     ]
 
 
-def sis_entity_mappings(cfg: SisCsvSource) -> list[EntityMapping]:
+def sis_entity_mappings(cfg: SisExportMapping) -> list[EntityMapping]:
     """Calendar, attendance and discipline mappings as the district configured them."""
     formats = tuple(cfg.date_formats)
     by_local = cfg.student_match == "local_id"

@@ -532,11 +532,12 @@ def _family_items(
         reached = False
         for contact in contacts.get(sid, []):
             for channel in settings.channels:
-                address = contact.sms_phone if channel.medium == "sms" else contact.email
+                medium = getattr(channel, "medium", "sms")
+                address = contact.sms_phone if medium == "sms" else contact.email
                 if not address:
                     continue
                 message = render_notice(
-                    settings, contact.language, channel.medium, resources,
+                    settings, contact.language, medium, resources,
                     facts.get("first_name", ""), school,
                 )  # fmt: skip
                 message.update({"to": address, "resource_ids": [r.id for r in resources]})

@@ -210,7 +210,7 @@ def generate(
     students: int, seed: int, as_of: Any, oneroster_version: str, bad_rows: int, out_dir: Path
 ) -> None:
     """Write a synthetic district: OneRoster CSV plus SIS attendance/discipline/calendar."""
-    from service.synthetic import generate_district
+    from tools.synthetic import generate_district
 
     with console.status(f"generating {students} students"):
         summary = generate_district(

@@ -10,7 +10,7 @@ import os
 import re
 from datetime import date
 from pathlib import Path
-from typing import Annotated, Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import rule_engine
 import yaml
@@ -18,6 +18,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from service.errors import ConfigError, ConfigProblem
 from service.indicator_names import rule_context
+
+if TYPE_CHECKING:
+    from connectors.registry import Role
 
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
@@ -46,130 +49,23 @@ class DatabaseConfig(Strict):
     url: str = "sqlite:///casebridge.db"
 
 
-class OneRosterCsvSource(Strict):
-    kind: Literal["oneroster_csv"]
+class ConnectorSettings(Strict):
+    """What every source, destination and channel entry has; each kind's module adds the rest."""
+
+    kind: str
     name: str
-    path: Path  # a folder or a .zip holding manifest.csv
-    guardian_roles: list[str] = ["parent", "guardian", "relatedContact"]
 
 
-class SisColumnMap(Strict):
-    """Which column of the district's export holds each field we need."""
-
-    file: str
-    columns: dict[str, str]
-    REQUIRED: ClassVar[tuple[str, ...]] = ()
-
-    @field_validator("columns")
-    @classmethod
-    def _names_required_fields(cls, value: dict[str, str]) -> dict[str, str]:
-        missing = [f for f in cls.REQUIRED if f not in value]
-        if missing:
-            raise ValueError(f"must name the export column for {missing}")
-        return value
+class SourceSettings(ConnectorSettings):
+    """Base of every source kind's config model (see `connectors/registry.py`)."""
 
 
-class SisCalendarFile(SisColumnMap):
-    REQUIRED = ("school_id", "date", "in_session")
-    in_session_values: list[str] = ["Y", "1", "TRUE", "true"]
+class DestinationSettings(ConnectorSettings):
+    """Base of every staff-tool destination kind's config model."""
 
 
-class SisAttendanceFile(SisColumnMap):
-    REQUIRED = ("student", "date", "code")
-    # district code -> excused | unexcused | suspension | tardy | present
-    codes: dict[str, Literal["excused", "unexcused", "suspension", "tardy", "present"]]
-
-
-class SisDisciplineFile(SisColumnMap):
-    REQUIRED = ("incident_id", "student", "date", "action_code")
-    # district action code -> out_of_school_suspension | in_school_suspension | expulsion | other
-    actions: dict[
-        str, Literal["out_of_school_suspension", "in_school_suspension", "expulsion", "other"]
-    ]
-    state_reportable_values: list[str] = ["Y", "1", "TRUE", "true"]
-
-
-class SisCsvSource(Strict):
-    kind: Literal["sis_csv"]
-    name: str
-    path: Path
-    # How export rows name a student: by our student id (OneRoster sourcedId) or local number.
-    student_match: Literal["student_id", "local_id"] = "local_id"
-    date_formats: list[str] = ["%Y-%m-%d"]
-    calendar: SisCalendarFile | None = None
-    attendance: SisAttendanceFile | None = None
-    discipline: SisDisciplineFile | None = None
-
-
-class HttpSettings(Strict):
-    """Politeness and patience toward a district's API (shared by every API source)."""
-
-    connect_timeout_seconds: float = Field(5.0, gt=0)
-    read_timeout_seconds: float = Field(60.0, gt=0)
-    max_attempts: int = Field(6, ge=1)
-    backoff_base_seconds: float = Field(0.5, ge=0)
-    backoff_max_seconds: float = Field(30.0, ge=0)
-    requests_per_second: float | None = Field(None, gt=0)
-    concurrency: int = Field(4, ge=1, le=32)
-
-
-class EdFiSource(Strict):
-    kind: Literal["edfi"]
-    name: str
-    base_url: str
-    client_key: str  # write ${EDFI_KEY}: secrets come from the environment
-    client_secret: str
-    # shared | year_specific | instance_year_specific; "auto" reads it from discovery.
-    url_mode: Literal["auto", "shared", "year_specific", "instance_year_specific"] = "auto"
-    school_year: int | None = None
-    instance: str | None = None
-    page_size: int = Field(500, ge=1, le=500)
-    # Change versions per window of a pull; each finished window is a resume point.
-    change_version_window: int = Field(100_000, ge=1)
-    # Re-read this many change versions before the watermark (back-dated corrections).
-    lookback_change_versions: int = Field(0, ge=0)
-    # Use pageToken paging where the server offers it (ODS/API 7.3+).
-    cursor_paging: bool = False
-    # A district file that adds to or overrides mappings/edfi_descriptors.yaml.
-    descriptor_map: Path | None = None
-    http: HttpSettings = HttpSettings()
-
-    @model_validator(mode="after")
-    def _mode_needs(self) -> EdFiSource:
-        if self.url_mode in ("year_specific", "instance_year_specific") and not self.school_year:
-            raise ValueError(f"url_mode {self.url_mode} needs school_year")
-        if self.url_mode == "instance_year_specific" and not self.instance:
-            raise ValueError("url_mode instance_year_specific needs instance")
-        return self
-
-
-class OneRosterRestSource(Strict):
-    kind: Literal["oneroster_rest"]
-    name: str
-    base_url: str  # scheme and host, e.g. https://sis.example.org
-    version: Literal["1.1", "1.2"] = "1.2"
-    # Vendors mix these: 1.2 data on the v1p1 path, OAuth 1.0a on 1.2...
-    rostering_path: str | None = (
-        None  # default /ims/oneroster/v1p1 or /ims/oneroster/rostering/v1p2
-    )
-    gradebook_path: str | None = None  # default the same (1.1) or /ims/oneroster/gradebook/v1p2
-    auth: Literal["oauth2", "oauth1"] = "oauth2"
-    client_id: str
-    client_secret: str
-    token_url: str | None = None  # default {base_url}/token
-    scopes: list[str] = [
-        "https://purl.imsglobal.org/spec/or/v1p2/scope/roster-core.readonly",
-        "https://purl.imsglobal.org/spec/or/v1p2/scope/gradebook.readonly",
-    ]
-    page_size: int = Field(100, ge=1, le=10_000)
-    guardian_roles: list[str] = ["parent", "guardian", "relatedContact"]
-    http: HttpSettings = HttpSettings()
-
-
-SourceConfig = Annotated[
-    OneRosterCsvSource | SisCsvSource | EdFiSource | OneRosterRestSource,
-    Field(discriminator="kind"),
-]
+class ChannelSettings(ConnectorSettings):
+    """Base of every family channel kind's config model."""
 
 
 class IndicatorConfig(Strict):
@@ -236,25 +132,6 @@ class ResourceConfig(Strict):
     description: dict[str, str] = {}
 
 
-class FileDestination(Strict):
-    kind: Literal["file"]
-    name: str
-    path: str = "tasks.jsonl"
-
-
-DestinationConfig = Annotated[FileDestination, Field(discriminator="kind")]
-
-
-class FileChannel(Strict):
-    kind: Literal["file"]
-    name: str
-    medium: Literal["sms", "email"]
-    path: str
-
-
-ChannelConfig = Annotated[FileChannel, Field(discriminator="kind")]
-
-
 class TemplateConfig(Strict):
     # language code -> template text with {student_first_name}, {school}, {resources}, {contact}
     family_notice: dict[str, str]
@@ -286,14 +163,14 @@ class Settings(Strict):
     output_dir: Path = Path("out")
     # Evaluate as of this date instead of today (pins the bundled sample data to its own date).
     as_of: date | None = None
-    sources: list[SourceConfig] = []
+    sources: list[SourceSettings] = []
     indicators: IndicatorConfig = IndicatorConfig()
     rules: list[RuleConfig] = []
     cases: CaseConfig = CaseConfig()
     caseloads: list[CaseloadConfig] = []
     resources: list[ResourceConfig] = []
-    destinations: list[DestinationConfig] = []
-    channels: list[ChannelConfig] = []
+    destinations: list[DestinationSettings] = []
+    channels: list[ChannelSettings] = []
     templates: TemplateConfig
     outbox: OutboxConfig = OutboxConfig()
     schedules: ScheduleConfig = ScheduleConfig()
@@ -377,11 +254,57 @@ def _loc(loc: tuple[int | str, ...]) -> str:
     for part in loc:
         if isinstance(part, int):
             out += f"[{part}]"
-        elif part in ("oneroster_csv", "sis_csv", "edfi", "oneroster_rest", "file"):
-            continue  # discriminator tags add noise
         else:
             out += f".{part}" if out else str(part)
     return out or "(top level)"
+
+
+CONNECTOR_SECTIONS: dict[str, Role] = {
+    "sources": "source",
+    "destinations": "destination",
+    "channels": "channel",
+}
+
+
+def _validate_connectors(
+    section: str, entries: Any, file: str, problems: list[ConfigProblem]
+) -> list[BaseModel]:
+    """Each entry through the config model its `kind` registered (connectors/registry.py)."""
+    from connectors.registry import kinds
+
+    if entries is None:
+        return []
+    if not isinstance(entries, list):
+        problems.append(ConfigProblem(file, section, "must be a list"))
+        return []
+    known = kinds(CONNECTOR_SECTIONS[section])
+    out: list[BaseModel] = []
+    for index, entry in enumerate(entries):
+        where = f"{section}[{index}]"
+        if not isinstance(entry, dict):
+            problems.append(ConfigProblem(file, where, "must be a mapping with a kind and a name"))
+            continue
+        kind = entry.get("kind")
+        if kind not in known:
+            problems.append(
+                ConfigProblem(
+                    file,
+                    f"{where}.kind",
+                    f"unknown kind {kind!r}; known: {', '.join(sorted(known))}"
+                    if kind is not None
+                    else f"missing; one of: {', '.join(sorted(known))}",
+                )
+            )
+            continue
+        try:
+            out.append(known[kind].config.model_validate(entry))
+        except ValidationError as exc:
+            for err in exc.errors():
+                msg = err["msg"].removeprefix("Value error, ")
+                if err["type"] == "extra_forbidden":
+                    msg = "unknown key"
+                problems.append(ConfigProblem(file, f"{where}.{_loc(err['loc'])}", msg))
+    return out
 
 
 def parse_settings(raw: Any, file: str = "<memory>", base_dir: Path | None = None) -> Settings:
@@ -390,8 +313,12 @@ def parse_settings(raw: Any, file: str = "<memory>", base_dir: Path | None = Non
     if not isinstance(raw, dict):
         raise ConfigError([ConfigProblem(file, "(top level)", "must be a mapping of settings")])
     expanded = _expand_env(raw, "", problems, file)
+    raw_for_checks = dict(expanded)
     expanded["base_dir"] = base_dir or Path(".")
     expanded["source_file"] = file
+    for section in CONNECTOR_SECTIONS:
+        if section in expanded:
+            expanded[section] = _validate_connectors(section, expanded[section], file, problems)
     settings: Settings | None = None
     try:
         settings = Settings.model_validate(expanded)
@@ -401,7 +328,7 @@ def parse_settings(raw: Any, file: str = "<memory>", base_dir: Path | None = Non
             if err["type"] == "extra_forbidden":
                 msg = "unknown key"
             problems.append(ConfigProblem(file, _loc(err["loc"]), msg))
-    problems += _cross_problems(expanded, file)
+    problems += _cross_problems(raw_for_checks, file)
     if problems or settings is None:
         raise ConfigError(problems)
     return settings

@@ -6,8 +6,7 @@ from collections.abc import Callable
 from typing import Any
 
 from connectors.base import Channel, DeliveryResult, Destination
-from connectors.channels.file import FileChannel
-from connectors.destinations.file import FileTaskDestination
+from connectors.registry import lookup
 from service.clock import utcnow
 from service.config import Settings
 from service.errors import PermanentError
@@ -18,13 +17,12 @@ FAMILY_BASIS = "parent or guardian of the student, 34 CFR 99.10 / 99.31(a)"
 
 
 def build_targets(settings: Settings) -> tuple[dict[str, Destination], dict[str, Channel]]:
-    out_dir = settings.resolve(settings.output_dir)
-    destinations: dict[str, Destination] = {}
-    for d in settings.destinations:
-        destinations[d.name] = FileTaskDestination(d.name, out_dir / d.path)
-    channels: dict[str, Channel] = {}
-    for c in settings.channels:
-        channels[c.name] = FileChannel(c.name, c.medium, out_dir / c.path)
+    destinations: dict[str, Destination] = {
+        d.name: lookup("destination", d.kind).factory(settings, d) for d in settings.destinations
+    }
+    channels: dict[str, Channel] = {
+        c.name: lookup("channel", c.kind).factory(settings, c) for c in settings.channels
+    }
     return destinations, channels
 
 

@@ -2,52 +2,21 @@
 
 from __future__ import annotations
 
-import hashlib
-
 import structlog
 from sqlalchemy import Engine, text
 
-from connectors.base import Source
-from connectors.sources.edfi import EdFiApiSource, mappings_factory
-from connectors.sources.oneroster_csv import OneRosterCsvSource
-from connectors.sources.oneroster_rest import OneRosterRestApiSource
-from connectors.sources.sis_csv import SisCsvExportSource
-from mappings.edfi import DescriptorMap
-from mappings.oneroster import entity_mappings
-from mappings.sis_export import sis_entity_mappings
-from mappings.spec import EntityMapping
-from service.config import EdFiSource, OneRosterRestSource, Settings, SisCsvSource, SourceConfig
-from service.config import OneRosterCsvSource as OneRosterCsvConfig
-from service.errors import CasebridgeError, PermanentError
+from connectors.base import BuiltSource
+from connectors.registry import lookup
+from service.config import Settings, SourceSettings
+from service.errors import CasebridgeError
 from service.ingest import Importer, ProgressFn, SyncReport
 
 log = structlog.get_logger(__name__)
 
 
-def build_source(
-    settings: Settings, cfg: SourceConfig
-) -> tuple[Source, dict[str, EntityMapping], bytes]:
-    """The connector, its mappings by entity, and a fingerprint of the config they depend on."""
-    fingerprint = hashlib.blake2b(cfg.model_dump_json().encode(), digest_size=16).digest()
-    if isinstance(cfg, EdFiSource):
-        override = settings.resolve(cfg.descriptor_map) if cfg.descriptor_map else None
-        if override is not None:
-            if not override.is_file():
-                raise PermanentError(f"{cfg.name}: descriptor_map {override} does not exist")
-            fingerprint += override.read_bytes()  # an edited map re-reads unchanged pages
-        source = EdFiApiSource(cfg, mappings_factory(DescriptorMap.load(override)))
-        return source, source.mappings, fingerprint
-    if isinstance(cfg, OneRosterRestSource):
-        rest = OneRosterRestApiSource(cfg)
-        return rest, rest.mappings, fingerprint
-    path = settings.resolve(cfg.path)
-    if isinstance(cfg, OneRosterCsvConfig):
-        maps = entity_mappings(tuple(cfg.guardian_roles))
-        return OneRosterCsvSource(cfg.name, path), {m.entity: m for m in maps}, fingerprint
-    if isinstance(cfg, SisCsvSource):
-        maps = sis_entity_mappings(cfg)
-        return SisCsvExportSource(cfg, path), {m.entity: m for m in maps}, fingerprint
-    raise TypeError(f"no connector for source kind {cfg.kind!r}")  # pragma: no cover
+def build_source(settings: Settings, cfg: SourceSettings) -> BuiltSource:
+    """The connector its kind registered, with its mappings and config fingerprint."""
+    return lookup("source", cfg.kind).factory(settings, cfg)
 
 
 def sync_sources(
@@ -64,10 +33,12 @@ def sync_sources(
         if only and cfg.name != only:
             continue
         try:
-            source, maps, fingerprint = build_source(settings, cfg)
-            importer = Importer(engine, source, maps, fingerprint, progress, full, dry_run)
+            built = build_source(settings, cfg)
+            importer = Importer(
+                engine, built.source, built.mappings, built.fingerprint, progress, full, dry_run
+            )
             reports.append(importer.run())
-            if isinstance(cfg, EdFiSource) and not dry_run:
+            if built.source.places_students and not dry_run:
                 place_students(engine, cfg.name)
         except CasebridgeError as exc:
             log.error("sync.source_failed", source=cfg.name, error=str(exc))

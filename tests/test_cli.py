@@ -19,7 +19,7 @@ from sqlalchemy import inspect, select, text
 from service import db
 from service.cli import main
 from service.models import School
-from service.synthetic import generate_district
+from tools.synthetic import generate_district
 
 OUTPUT_FILES = ("tasks.jsonl", "family-sms.jsonl", "family-email.jsonl")
 

@@ -15,7 +15,6 @@ import pytest
 import requests
 from requests_oauthlib import OAuth1
 
-from service.synthetic import generate_district
 from tests.fixtures.http_server import Fault
 from tests.fixtures.oneroster_server import (
     SCOPE_GRADEBOOK,
@@ -23,6 +22,7 @@ from tests.fixtures.oneroster_server import (
     OneRosterServer,
     load_from_csv,
 )
+from tools.synthetic import generate_district
 
 TIMEOUT = 5
 WATERMARK = "2026-11-19T02:00:00Z"  # dateLastModified of every synthetic row (as_of - 1 day)

@@ -16,8 +16,8 @@ from service.config import Settings
 from service.ingest import SyncReport
 from service.models import AttendanceEvent, Enrollment, QuarantinedRecord, Student
 from service.pipeline import run_sync
-from service.synthetic import generate_district
 from tests.builders import TinyDistrict, weekdays
+from tools.synthetic import generate_district
 
 
 def rows(path: Path) -> list[dict[str, str]]:

@@ -15,10 +15,10 @@ from sqlalchemy import Engine, text
 
 from service.config import Settings, parse_settings
 from service.pipeline import open_engine, run_sync
-from service.synthetic import generate_district
 from tests.conftest import raw_config_for, write_config
 from tests.fixtures.http_server import Fault
 from tests.fixtures.oneroster_server import OneRosterServer, load_from_csv
+from tools.synthetic import generate_district
 
 TABLES = ("schools", "students", "contacts", "student_contacts", "enrollments", "grades")
 

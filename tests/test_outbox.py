@@ -14,8 +14,8 @@ from sqlalchemy import Engine, text
 
 from service.config import parse_settings
 from service.pipeline import open_engine, run_dispatch
-from service.synthetic import generate_district
 from tests.conftest import raw_config_for, write_config
+from tools.synthetic import generate_district
 
 CLI = [sys.executable, "-m", "service.cli"]
 

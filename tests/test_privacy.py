@@ -28,7 +28,7 @@ from service import logging as cb_logging
 from service.config import Settings
 from service.models import Disclosure, OutboxItem, Referral
 from service.pipeline import open_engine, run_dispatch, run_evaluate, run_sync
-from service.synthetic import generate_district
+from tools.synthetic import generate_district
 
 FORBIDDEN_WORDS = re.compile(
     r"absent|absence|attendance|grade|failing|suspension|discipline|behavior"

@@ -11,7 +11,7 @@ from pathlib import Path
 import phonenumbers
 import pytest
 
-from service.synthetic import (
+from tools.synthetic import (
     ONEROSTER_HEADERS,
     SIS_HEADERS,
     USERS_HEADER_V11,

@@ -3,11 +3,21 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from connectors.base import DeliveryResult
 from connectors.jsonl_store import JsonlStore
+from connectors.registry import register
 from service.clock import utcnow
+from service.config import ChannelSettings, Settings
+
+
+class FileChannelSettings(ChannelSettings):
+    """Family messages as JSON Lines in the output folder (the demo's SMS/email stand-in)."""
+
+    kind: Literal["file"]
+    medium: Literal["sms", "email"]
+    path: str
 
 
 class FileChannel:
@@ -22,3 +32,10 @@ class FileChannel:
             {"medium": self.medium, "sent_at": utcnow().isoformat(), "message": message},
         )
         return DeliveryResult(external_id=idempotency_key)
+
+
+def build(settings: Settings, cfg: FileChannelSettings) -> FileChannel:
+    return FileChannel(cfg.name, cfg.medium, settings.resolve(settings.output_dir) / cfg.path)
+
+
+register("channel", "file", FileChannelSettings, build)

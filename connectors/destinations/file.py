@@ -7,11 +7,20 @@ it. Each line says which, and names the task by its stable id.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from connectors.base import DeliveryResult
 from connectors.jsonl_store import JsonlStore
+from connectors.registry import register
 from service.clock import utcnow
+from service.config import DestinationSettings, Settings
+
+
+class FileDestinationSettings(DestinationSettings):
+    """Case tasks as JSON Lines in the output folder (the demo's staff-tool stand-in)."""
+
+    kind: Literal["file"]
+    path: str = "tasks.jsonl"
 
 
 class FileTaskDestination:
@@ -27,3 +36,10 @@ class FileTaskDestination:
             {"op": op, "task_id": task_id, "written_at": utcnow().isoformat(), "task": task},
         )
         return DeliveryResult(external_id=task_id, detail={"op": op})
+
+
+def build(settings: Settings, cfg: FileDestinationSettings) -> FileTaskDestination:
+    return FileTaskDestination(cfg.name, settings.resolve(settings.output_dir) / cfg.path)
+
+
+register("destination", "file", FileDestinationSettings, build)

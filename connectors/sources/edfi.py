@@ -16,18 +16,21 @@ import json
 from collections.abc import Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
+from pathlib import Path
+from typing import Any, Literal
 
 import structlog
 from edfi_api_client import EdFiClient
+from pydantic import Field, model_validator
 
-from connectors.base import Chunk, RawRow, Stream
-from connectors.http import HttpClient, HttpPolicy, OAuth2ClientCredentials
+from connectors.base import BuiltSource, Chunk, RawRow, Stream, config_fingerprint
+from connectors.http import HttpClient, HttpPolicy, HttpSettings, OAuth2ClientCredentials
 from connectors.prefetch import Prefetch
+from connectors.registry import register
 from connectors.sources.csv_chunks import digest64
-from mappings.edfi import edfi_mappings
+from mappings.edfi import DescriptorMap, edfi_mappings
 from mappings.spec import EntityMapping
-from service.config import EdFiSource
+from service.config import Settings, SourceSettings
 from service.errors import PermanentError
 
 log = structlog.get_logger(__name__)
@@ -44,6 +47,37 @@ MODES = {
 }
 
 
+class EdFiSettings(SourceSettings):
+    """Ed-Fi ODS/API v5 to v7 (Data Standard 4 and 5), pulled by change version."""
+
+    kind: Literal["edfi"]
+    base_url: str
+    client_key: str  # write ${EDFI_KEY}: secrets come from the environment
+    client_secret: str
+    # shared | year_specific | instance_year_specific; "auto" reads it from discovery.
+    url_mode: Literal["auto", "shared", "year_specific", "instance_year_specific"] = "auto"
+    school_year: int | None = None
+    instance: str | None = None
+    page_size: int = Field(500, ge=1, le=500)
+    # Change versions per window of a pull; each finished window is a resume point.
+    change_version_window: int = Field(100_000, ge=1)
+    # Re-read this many change versions before the watermark (back-dated corrections).
+    lookback_change_versions: int = Field(0, ge=0)
+    # Use pageToken paging where the server offers it (ODS/API 7.3+).
+    cursor_paging: bool = False
+    # A district file that adds to or overrides mappings/edfi_descriptors.yaml.
+    descriptor_map: Path | None = None
+    http: HttpSettings = HttpSettings()
+
+    @model_validator(mode="after")
+    def _mode_needs(self) -> EdFiSettings:
+        if self.url_mode in ("year_specific", "instance_year_specific") and not self.school_year:
+            raise ValueError(f"url_mode {self.url_mode} needs school_year")
+        if self.url_mode == "instance_year_specific" and not self.instance:
+            raise ValueError("url_mode instance_year_specific needs instance")
+        return self
+
+
 @dataclass
 class Plan:
     full: bool
@@ -53,8 +87,9 @@ class Plan:
 
 class EdFiApiSource:
     kind = "edfi"
+    places_students = True  # Ed-Fi keeps school and grade on the enrollment
 
-    def __init__(self, cfg: EdFiSource, mappings_for: Any) -> None:
+    def __init__(self, cfg: EdFiSettings, mappings_for: Any) -> None:
         self.name = cfg.name
         self.cfg = cfg
         self._mappings_for = mappings_for  # data standard -> list[EntityMapping]
@@ -287,3 +322,17 @@ def _records(body: Any, url: str) -> list[dict[str, Any]]:
 
 def mappings_factory(descriptors: Any) -> Any:
     return lambda data_standard: edfi_mappings(data_standard, descriptors)
+
+
+def build(settings: Settings, cfg: EdFiSettings) -> BuiltSource:
+    fingerprint = config_fingerprint(cfg)
+    override = settings.resolve(cfg.descriptor_map) if cfg.descriptor_map else None
+    if override is not None:
+        if not override.is_file():
+            raise PermanentError(f"{cfg.name}: descriptor_map {override} does not exist")
+        fingerprint += override.read_bytes()  # an edited map re-reads unchanged pages
+    source = EdFiApiSource(cfg, mappings_factory(DescriptorMap.load(override)))
+    return BuiltSource(source, source.mappings, fingerprint)
+
+
+register("source", "edfi", EdFiSettings, build)

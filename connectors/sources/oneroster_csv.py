@@ -6,18 +6,37 @@ import csv
 import io
 from collections.abc import Iterator, Mapping
 from pathlib import Path
+from typing import Literal
 
-from connectors.base import Chunk, Stream, StreamProblem, SyncMode
+from connectors.base import (
+    BuiltSource,
+    Chunk,
+    Stream,
+    StreamProblem,
+    SyncMode,
+    config_fingerprint,
+)
+from connectors.registry import register
 from connectors.sources.csv_chunks import decode, iter_chunks, read_header
 from connectors.sources.file_package import FilePackage
 from mappings.oneroster import entity_mappings
+from service.config import Settings, SourceSettings
 from service.errors import PermanentError
+
+
+class OneRosterCsvSettings(SourceSettings):
+    """OneRoster 1.1 / 1.2 CSV: a folder or a zip with manifest.csv (bulk and delta)."""
+
+    kind: Literal["oneroster_csv"]
+    path: Path  # a folder or a .zip holding manifest.csv
+    guardian_roles: list[str] = ["parent", "guardian", "relatedContact"]
 
 
 class OneRosterCsvSource:
     """Streams come from the manifest: `file.users=bulk|delta|absent` and so on."""
 
     kind = "oneroster_csv"
+    places_students = False
 
     def __init__(self, name: str, path: Path) -> None:
         self.name = name
@@ -57,3 +76,12 @@ class OneRosterCsvSource:
             yield from iter_chunks(
                 fh, stream.header, stream.location, known_chunks, stream.context_fingerprint
             )
+
+
+def build(settings: Settings, cfg: OneRosterCsvSettings) -> BuiltSource:
+    maps = entity_mappings(tuple(cfg.guardian_roles))
+    source = OneRosterCsvSource(cfg.name, settings.resolve(cfg.path))
+    return BuiltSource(source, {m.entity: m for m in maps}, config_fingerprint(cfg))
+
+
+register("source", "oneroster_csv", OneRosterCsvSettings, build)

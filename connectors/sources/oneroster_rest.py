@@ -17,14 +17,23 @@ from collections.abc import Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, Literal
 
-from connectors.base import Chunk, RawRow, Stream
-from connectors.http import HttpClient, HttpPolicy, OAuth1Signed, OAuth2ClientCredentials
+from pydantic import Field
+
+from connectors.base import BuiltSource, Chunk, RawRow, Stream, config_fingerprint
+from connectors.http import (
+    HttpClient,
+    HttpPolicy,
+    HttpSettings,
+    OAuth1Signed,
+    OAuth2ClientCredentials,
+)
+from connectors.registry import register
 from connectors.sources.csv_chunks import digest64
 from mappings.oneroster import entity_mappings
 from mappings.spec import EntityMapping
-from service.config import OneRosterRestSource
+from service.config import Settings, SourceSettings
 from service.errors import PermanentError
 
 PAGES_PER_GROUP = 16  # pages held in memory at once; each group is a resume point
@@ -98,6 +107,30 @@ def flatten(collection: str, r: dict[str, Any]) -> dict[str, str]:
     return row
 
 
+class OneRosterRestSettings(SourceSettings):
+    """OneRoster REST 1.1 (OAuth 1.0a or 2) and 1.2 (OAuth2 with scopes)."""
+
+    kind: Literal["oneroster_rest"]
+    base_url: str  # scheme and host, e.g. https://sis.example.org
+    version: Literal["1.1", "1.2"] = "1.2"
+    # Vendors mix these: 1.2 data on the v1p1 path, OAuth 1.0a on 1.2...
+    rostering_path: str | None = (
+        None  # default /ims/oneroster/v1p1 or /ims/oneroster/rostering/v1p2
+    )
+    gradebook_path: str | None = None  # default the same (1.1) or /ims/oneroster/gradebook/v1p2
+    auth: Literal["oauth2", "oauth1"] = "oauth2"
+    client_id: str
+    client_secret: str
+    token_url: str | None = None  # default {base_url}/token
+    scopes: list[str] = [
+        "https://purl.imsglobal.org/spec/or/v1p2/scope/roster-core.readonly",
+        "https://purl.imsglobal.org/spec/or/v1p2/scope/gradebook.readonly",
+    ]
+    page_size: int = Field(100, ge=1, le=10_000)
+    guardian_roles: list[str] = ["parent", "guardian", "relatedContact"]
+    http: HttpSettings = HttpSettings()
+
+
 @dataclass
 class Plan:
     since: str | None  # dateLastModified watermark; None: a full pull
@@ -107,8 +140,9 @@ class Plan:
 
 class OneRosterRestApiSource:
     kind = "oneroster_rest"
+    places_students = False
 
-    def __init__(self, cfg: OneRosterRestSource) -> None:
+    def __init__(self, cfg: OneRosterRestSettings) -> None:
         self.name = cfg.name
         self.cfg = cfg
         if cfg.auth == "oauth1":
@@ -211,3 +245,11 @@ def _server_time(date_header: str | None) -> str:
         when = None
     when = (when or datetime.now(UTC)) - CLOCK_SKEW
     return when.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def build(settings: Settings, cfg: OneRosterRestSettings) -> BuiltSource:
+    rest = OneRosterRestApiSource(cfg)
+    return BuiltSource(rest, rest.mappings, config_fingerprint(cfg))
+
+
+register("source", "oneroster_rest", OneRosterRestSettings, build)

@@ -4,19 +4,30 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
 from pathlib import Path
+from typing import Literal
 
-from connectors.base import Chunk, Stream, StreamProblem
+from connectors.base import BuiltSource, Chunk, Stream, StreamProblem, config_fingerprint
+from connectors.registry import register
 from connectors.sources.csv_chunks import iter_chunks, read_header
 from connectors.sources.file_package import FilePackage
-from service.config import SisCsvSource
+from mappings.sis_export import SisExportMapping, sis_entity_mappings
+from service.config import Settings, SourceSettings
+
+
+class SisCsvSettings(SourceSettings, SisExportMapping):
+    """The SIS's own CSV export: calendar, attendance and discipline, mapped by the district."""
+
+    kind: Literal["sis_csv"]
+    path: Path
 
 
 class SisCsvExportSource:
     """Each configured file is one bulk stream: the export is a full snapshot every night."""
 
     kind = "sis_csv"
+    places_students = False
 
-    def __init__(self, cfg: SisCsvSource, path: Path) -> None:
+    def __init__(self, cfg: SisCsvSettings, path: Path) -> None:
         self.name = cfg.name
         self.package = FilePackage(path)
         self.files = {
@@ -47,3 +58,12 @@ class SisCsvExportSource:
             yield from iter_chunks(
                 fh, stream.header, stream.location, known_chunks, stream.context_fingerprint
             )
+
+
+def build(settings: Settings, cfg: SisCsvSettings) -> BuiltSource:
+    maps = sis_entity_mappings(cfg)
+    source = SisCsvExportSource(cfg, settings.resolve(cfg.path))
+    return BuiltSource(source, {m.entity: m for m in maps}, config_fingerprint(cfg))
+
+
+register("source", "sis_csv", SisCsvSettings, build)

@@ -1,0 +1,1 @@
+"""Tools around the service: the synthetic district generator (`casebridge generate`)."""
