@@ -1,8 +1,8 @@
 """The protocols every connector kind implements, kept small on purpose.
 
 - A *source* reads one outside system and yields raw records in chunks, stream by stream.
-- A *destination* upserts one case task into a staff tool by idempotency key.
-- A *channel* sends one family message.
+- A *destination* upserts one case task into a staff tool and says how it stays idempotent.
+- A *channel* sends one rendered family message and says how it stays idempotent.
 
 Connectors do I/O and nothing else: mapping lives in `mappings/`, storage in `service/`.
 """
@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from pydantic import BaseModel
@@ -98,27 +99,82 @@ class Source(Protocol):
         ...
 
 
+# How a destination or channel keeps a redelivery from showing twice:
+# - "provider_key": the tool honours our idempotency key (Standard Webhooks, Zendesk);
+# - "stored_link": the tool issues its own ids; we keep them in `delivery_links` and update
+#   that item (Planner, Sheets), and `find` searches the tool by our subject when no link exists;
+# - "none": nothing (Twilio, SMTP). The outbox commits `sending` before the call and, after a
+#   crash, asks `reconcile` whether it went out instead of sending again.
+Idempotency = Literal["provider_key", "stored_link", "none"]
+
+
+@dataclass(frozen=True)
+class Link:
+    """Our earlier item in a tool: its id there and its version (ETag) when the tool has one."""
+
+    external_id: str
+    version: str | None = None
+
+
 @dataclass(frozen=True)
 class DeliveryResult:
     external_id: str | None
+    version: str | None = None
     detail: dict[str, Any] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class Reconciled:
+    """What a target says about a delivery whose outcome we lost in a crash."""
+
+    outcome: Literal["sent", "not_sent", "unknown"]
+    result: DeliveryResult | None = None
+    detail: str = ""
+
+
+@dataclass(frozen=True)
+class FamilyMessage:
+    """A rendered family message, ready for a channel."""
+
+    to: str
+    language: str
+    body: str
+    subject: str | None = None  # email
+
+
 class Destination(Protocol):
-    """A staff tool that holds case tasks. Must be idempotent on `idempotency_key`."""
+    """A staff tool that holds case tasks: one task per case, created once, then updated."""
 
     name: str
+    idempotency: Idempotency
 
-    def upsert_task(self, idempotency_key: str, task: dict[str, Any]) -> DeliveryResult: ...
+    def upsert_task(
+        self, key: str, subject: str, task: dict[str, Any], link: Link | None
+    ) -> DeliveryResult:
+        """Create the task (no link) or update the linked one; return its id and version."""
+        ...
+
+    def find(self, subject: str) -> Link | None:
+        """Our task for `subject` ("case-12") in the tool, if it has one (stored_link kinds)."""
+        ...
+
+    def reconcile(self, key: str, subject: str, since: datetime) -> Reconciled:
+        """Did the delivery with `key` happen? (kinds with idempotency "none")."""
+        ...
 
 
 class Channel(Protocol):
-    """A way to reach a family (SMS, email). Must not send twice for one `idempotency_key`."""
+    """A way to reach a family (SMS, email)."""
 
     name: str
-    medium: str
+    medium: Literal["sms", "email"]
+    idempotency: Idempotency
 
-    def send(self, idempotency_key: str, message: dict[str, Any]) -> DeliveryResult: ...
+    def send(self, key: str, message: FamilyMessage) -> DeliveryResult: ...
+
+    def reconcile(self, key: str, message_to: str, since: datetime) -> Reconciled:
+        """Did the message with `key` to `message_to`, sent after `since`, go out?"""
+        ...
 
 
 @dataclass

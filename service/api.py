@@ -8,12 +8,12 @@ from flask import Flask, jsonify
 from sqlalchemy import Engine, text
 
 from service.config import Settings, load_settings
-from service.db import make_engine
+from service.pipeline import open_engine
 
 
 def create_app(settings: Settings | None = None, engine: Engine | None = None) -> Flask:
     settings = settings or load_settings()
-    engine = engine or make_engine(settings.database.url)
+    engine = engine or open_engine(settings)  # exactly as the CLI builds it
     app = Flask("casebridge")
     app.config["CASEBRIDGE_SETTINGS"] = settings
     app.config["CASEBRIDGE_ENGINE"] = engine

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import date
@@ -14,17 +15,19 @@ from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn
 from rich.table import Table
+from sqlalchemy import Engine
 
 from service import logging as cb_logging
 from service.cases import EvaluationReport
 from service.config import Settings, load_settings
+from service.db import SchemaNotCurrent
 from service.errors import ConfigError
 from service.ingest import SyncReport
 from service.outbox import DispatchReport
 from service.pipeline import (
     database_url,
     open_engine,
-    outbox_state,
+    outbox_counts,
     run_dispatch,
     run_evaluate,
     run_sync,
@@ -64,6 +67,14 @@ def main(ctx: click.Context, config: str, log_level: str, log_json: bool) -> Non
     cb_logging.configure(log_level.upper(), log_json)
     ctx.ensure_object(dict)
     ctx.obj["config"] = config
+
+
+def _engine(settings: Settings, upgrade: bool = False) -> Engine:
+    try:
+        return open_engine(settings, upgrade=upgrade)
+    except SchemaNotCurrent as exc:
+        console.print(f"[bold red]{escape(str(exc))}[/]", soft_wrap=True)
+        sys.exit(2)
 
 
 @main.command("check-config")
@@ -114,9 +125,13 @@ def _progress(label: str) -> Iterator[Any]:
 
 
 def _sync(
-    settings: Settings, source: str | None, full: bool = False, dry_run: bool = False
+    settings: Settings,
+    source: str | None,
+    full: bool = False,
+    dry_run: bool = False,
+    upgrade: bool = False,
 ) -> list[SyncReport]:
-    engine = open_engine(settings)
+    engine = _engine(settings, upgrade)
     with _progress("sync") as advance:
         reports = run_sync(engine, settings, source, advance, full, dry_run)
     print_sync(reports)
@@ -126,7 +141,7 @@ def _sync(
 
 
 def _evaluate(settings: Settings, as_of: date | None) -> EvaluationReport:
-    engine = open_engine(settings)
+    engine = _engine(settings)
     with console.status("evaluating indicators and rules"):
         report = run_evaluate(engine, settings, as_of)
     print_evaluation(report)
@@ -134,10 +149,10 @@ def _evaluate(settings: Settings, as_of: date | None) -> EvaluationReport:
 
 
 def _dispatch(settings: Settings) -> DispatchReport:
-    engine = open_engine(settings)
+    engine = _engine(settings)
     with console.status("delivering the outbox"):
         report = run_dispatch(engine, settings)
-    print_dispatch(report, outbox_state(engine).pending)
+    print_dispatch(report, outbox_counts(engine))
     return report
 
 
@@ -180,10 +195,10 @@ def dispatch(ctx: click.Context) -> None:
 @main.command()
 @click.option("--as-of", type=click.DateTime(["%Y-%m-%d"]), help="Evaluate as of this date.")
 @click.pass_context
-def run(ctx: click.Context, as_of: Any) -> None:
+def run(ctx: click.Context, as_of: Any, upgrade: bool = False) -> None:
     """sync, evaluate and dispatch, in that order."""
     settings = _settings(ctx)
-    reports = _sync(settings, None)
+    reports = _sync(settings, None, upgrade=upgrade)
     _evaluate(settings, as_of.date() if as_of else None)
     _dispatch(settings)
     out = settings.resolve(settings.output_dir)
@@ -195,8 +210,11 @@ def run(ctx: click.Context, as_of: Any) -> None:
 @main.command()
 @click.pass_context
 def demo(ctx: click.Context) -> None:
-    """Run the whole pipeline on the bundled sample district (config/district.yaml)."""
-    ctx.invoke(run)
+    """Run the whole pipeline on the bundled sample district (config/district.yaml).
+
+    The embedded demo creates or migrates its SQLite schema itself; other commands never do.
+    """
+    ctx.invoke(run, upgrade=True)
 
 
 @main.command()
@@ -233,6 +251,91 @@ def scheduler(ctx: click.Context) -> None:
     from jobs.scheduler import run_scheduler
 
     run_scheduler(_settings(ctx))
+
+
+@main.group("outbox")
+def outbox_group() -> None:
+    """Look at outbox items and resolve the ones that need a person."""
+
+
+OUTBOX_STATUSES = ("pending", "sending", "delivered", "dead", "needs_review", "suppressed",
+                   "superseded")  # fmt: skip
+
+
+@outbox_group.command("list")
+@click.option(
+    "--status",
+    type=click.Choice(OUTBOX_STATUSES),
+    multiple=True,
+    help="Only items in this status (repeatable). Default: all but delivered.",
+)
+@click.option("--case", "case_id", type=int, help="Only this case's items.")
+@click.option("--limit", default=50, show_default=True)
+@click.pass_context
+def outbox_list(
+    ctx: click.Context, status: tuple[str, ...], case_id: int | None, limit: int
+) -> None:
+    """Items with their status and the reason for it (ids only: no student data)."""
+    from service.outbox_admin import list_items
+
+    engine = _engine(_settings(ctx.find_root()))
+    wanted = list(status) or [s for s in OUTBOX_STATUSES if s != "delivered"]
+    rows = list_items(engine, wanted, case_id, limit)
+    table = Table(title=f"Outbox ({', '.join(wanted)})")
+    for col in ("id", "kind", "target", "case", "contact", "status", "reason / last error",
+                "attempts", "next attempt"):  # fmt: skip
+        table.add_column(col, justify="right" if col in ("id", "case", "attempts") else "left")
+    for r in rows:
+        why = r.reason or ""
+        if r.last_error:
+            why = f"{why}; {r.last_error}" if why else r.last_error
+        table.add_row(
+            str(r.id), r.kind, r.target, str(r.case_id or ""), r.contact_id or "", r.status,
+            escape(why[:120]), str(r.attempts), r.next_attempt_at.strftime("%Y-%m-%d %H:%M"),
+        )  # fmt: skip
+    console.print(table)
+    if len(rows) == limit:
+        console.print(f"[yellow]First {limit} shown; use --limit for more.[/]")
+
+
+@outbox_group.command("retry")
+@click.argument("ids", nargs=-1, type=int)
+@click.option("--status", type=click.Choice(("dead", "needs_review")),
+              help="Every item in this status instead of IDS.")  # fmt: skip
+@click.pass_context
+def outbox_retry(ctx: click.Context, ids: tuple[int, ...], status: str | None) -> None:
+    """Send dead items again now (attempts start over).
+
+    An item in needs_review may have gone out already: `resolve` it instead, after checking.
+    """
+    from service.outbox_admin import retry_items
+
+    if not ids and not status:
+        raise click.UsageError("give item IDS or --status dead")
+    engine = _engine(_settings(ctx.find_root()))
+    done = retry_items(engine, list(ids), status)
+    console.print(f"{done} item(s) queued again.")
+
+
+@outbox_group.command("resolve")
+@click.argument("item_id", type=int)
+@click.option("--outcome", type=click.Choice(("sent", "not-sent", "drop")), required=True,
+              help="sent: it went out (mark delivered, record the disclosure); not-sent: send "
+                   "it now; drop: never send it.")  # fmt: skip
+@click.option("--note", default="", help="What you checked, kept on the item.")
+@click.pass_context
+def outbox_resolve(ctx: click.Context, item_id: int, outcome: str, note: str) -> None:
+    """Settle an item in needs_review (or stuck in sending) after checking the provider."""
+    from service.outbox_admin import resolve_item
+
+    settings = _settings(ctx.find_root())
+    engine = _engine(settings)
+    try:
+        status = resolve_item(engine, settings, item_id, outcome, note)
+    except LookupError as exc:
+        console.print(f"[red]{escape(str(exc))}[/]")
+        sys.exit(2)
+    console.print(f"Item {item_id} is now {status}.")
 
 
 # -- summaries ----------------------------------------------------------------------------------
@@ -285,16 +388,26 @@ def print_evaluation(r: EvaluationReport) -> None:
     console.print(table)
 
 
-def print_dispatch(r: DispatchReport, pending: int) -> None:
+def print_dispatch(r: DispatchReport, counts: Counter[str]) -> None:
     table = Table(title="Dispatch")
     table.add_column("measure")
     table.add_column("count", justify="right")
     table.add_row("delivered", f"{r.delivered:,}")
     for target, n in sorted(r.by_target.items()):
         table.add_row(f"  to {target}", f"{n:,}")
+    for reason, n in sorted(r.suppressed.items()):
+        table.add_row(f"suppressed: {reason}", f"{n:,}")
+    for reason, n in sorted(r.deferred.items()):
+        table.add_row(f"deferred: {reason}", f"{n:,}")
+    table.add_row("superseded by a later revision", f"{r.superseded:,}")
+    table.add_row("reconciled after a crash", f"{r.reconciled:,}")
     table.add_row("retried later", f"{r.retried:,}")
     table.add_row("dead-lettered", f"{r.dead:,}")
-    table.add_row("still pending", f"{pending:,}")
+    table.add_row("needs review", f"{r.needs_review:,}")
+    if r.lost_claims:
+        table.add_row("claims lost to another worker", f"{r.lost_claims:,}")
+    table.add_row("still pending", f"{counts.get('pending', 0):,}")
+    table.add_row("in the outbox needing review", f"{counts.get('needs_review', 0):,}")
     console.print(table)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, date, datetime
+from zoneinfo import ZoneInfo
 
 
 def utcnow() -> datetime:
@@ -11,3 +12,8 @@ def utcnow() -> datetime:
 
 def today() -> date:
     return utcnow().date()
+
+
+def district_today(timezone: str) -> date:
+    """Today where the district is: a nightly run at 01:00 UTC is still yesterday in Chicago."""
+    return utcnow().astimezone(ZoneInfo(timezone)).date()

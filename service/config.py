@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 import re
-from datetime import date
+from datetime import date, time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -133,7 +133,11 @@ class ResourceConfig(Strict):
 
 
 class TemplateConfig(Strict):
-    # language code -> template text with {student_first_name}, {school}, {resources}, {contact}
+    """Family message templates per language, in Jinja2 (sandboxed): `{{ school }}`,
+    `{{ student_first_name }}`, `{{ district }}`, `{{ resources_text }}`, and `resources` (each
+    with `name`, `description`, `phone`, `url`) for loops. "en" is the fallback language.
+    Every template is rendered for every language at load, so a typo fails check-config."""
+
     family_notice: dict[str, str]
     family_notice_subject: dict[str, str] = {"en": "Resources from your school"}
 
@@ -149,7 +153,40 @@ class OutboxConfig(Strict):
     max_attempts: int = Field(8, ge=1)
     base_delay_seconds: float = Field(30.0, ge=0)
     max_delay_seconds: float = Field(3600.0, ge=0)
-    batch_size: int = Field(100, ge=1)
+    batch_size: int = Field(50, ge=1)
+    # A claim's lease; a worker renews it every third of it while it delivers. A worker that
+    # dies holds its items at most this long, on any host.
+    lease_seconds: float = Field(120.0, ge=1)
+
+
+class QuietHours(Strict):
+    """Family messages go out between `start` and `end`, district time; others wait, not drop."""
+
+    start: time = time(8, 0)
+    end: time = time(21, 0)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> QuietHours:
+        if self.start >= self.end:
+            raise ValueError("start must be before end (a window within one day)")
+        return self
+
+
+class FamilyCap(Strict):
+    messages: int = Field(2, ge=1)
+    days: int = Field(7, ge=1)
+
+
+class PolicyConfig(Strict):
+    """What is checked when a family message is about to go out (not when it was queued)."""
+
+    # null: any hour (a district that sends only staff-approved, time-insensitive messages).
+    sending_window: QuietHours | None = QuietHours()
+    # At most this many messages to one contact in a rolling window; more wait their turn.
+    family_cap: FamilyCap = FamilyCap()
+    # A resource already sent to this contact within this many days is not sent again.
+    resource_repeat_days: int = Field(90, ge=0)
+    resources_per_message: int = Field(3, ge=1, le=10)
 
 
 class ScheduleConfig(Strict):
@@ -171,8 +208,10 @@ class Settings(Strict):
     resources: list[ResourceConfig] = []
     destinations: list[DestinationSettings] = []
     channels: list[ChannelSettings] = []
-    templates: TemplateConfig
+    # Optional until channels are set up: a sync-only configuration is valid.
+    templates: TemplateConfig | None = None
     outbox: OutboxConfig = OutboxConfig()
+    policy: PolicyConfig = PolicyConfig()
     schedules: ScheduleConfig = ScheduleConfig()
 
     # Where the file was read from; relative paths in it are taken from there.
@@ -210,6 +249,12 @@ def _cross_problems(raw: dict[str, Any], file: str) -> list[ConfigProblem]:
                 )
             if isinstance(name, str):
                 seen.add(name)
+    if items("channels") and not isinstance(raw.get("templates"), dict):
+        problems.append(
+            ConfigProblem(
+                file, "templates", "channels are configured: family_notice templates needed"
+            )
+        )
     categories = {r.get("category") for r in items("resources")}
     for index, rule in enumerate(items("rules")):
         wanted = rule.get("resources")
@@ -329,6 +374,10 @@ def parse_settings(raw: Any, file: str = "<memory>", base_dir: Path | None = Non
                 msg = "unknown key"
             problems.append(ConfigProblem(file, _loc(err["loc"]), msg))
     problems += _cross_problems(raw_for_checks, file)
+    if settings is not None:
+        from service.render import check_templates  # renders with the validated settings
+
+        problems += check_templates(settings)
     if problems or settings is None:
         raise ConfigError(problems)
     return settings

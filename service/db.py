@@ -9,9 +9,14 @@ from typing import Any
 
 from alembic import command
 from alembic.config import Config as AlembicConfig
+from alembic.migration import MigrationContext
+from alembic.script import ScriptDirectory
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
+
+from service.errors import CasebridgeError
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 
@@ -72,6 +77,27 @@ def alembic_config(url: str) -> AlembicConfig:
 
 
 def upgrade(url: str, revision: str = "head") -> None:
-    """Bring the schema to `revision` (idempotent; safe to run at every start)."""
+    """Bring the schema to `revision` (idempotent). Run once per deployment, not per worker."""
     _ensure_sqlite_dir(normalise_url(url))
     command.upgrade(alembic_config(url), revision)
+
+
+class SchemaNotCurrent(CasebridgeError):
+    """The database is behind (or ahead of) this casebridge's migrations."""
+
+
+def check_schema_current(engine: Engine, url: str) -> None:
+    head = ScriptDirectory.from_config(alembic_config(url)).get_current_head()
+    try:
+        with engine.connect() as conn:
+            current = MigrationContext.configure(conn).get_current_revision()
+    except SQLAlchemyError as exc:
+        raise SchemaNotCurrent(
+            f"cannot read the schema version ({type(exc).__name__}): is the database reachable?"
+        ) from exc
+    if current != head:
+        where = f"at revision {current}" if current else "empty (no casebridge schema)"
+        raise SchemaNotCurrent(
+            f"the database is {where}; this casebridge needs revision {head}. "
+            "Run `casebridge db upgrade` first."
+        )

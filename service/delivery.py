@@ -1,22 +1,72 @@
-"""Route outbox items to the configured destinations and channels; log each disclosure."""
+"""Turn an outbox intent into a delivery: policy, rendering and the target, at send time.
+
+The dispatcher (`service/outbox.py`) owns claims, states and retries; this module knows what
+each intent means. `plan` reads the database as it is now and returns what to do (skip, defer,
+or send through a target, and whether the target needs `sending` committed first);
+`reconcile` asks a target what happened to a delivery whose outcome a crash lost; `delivered`
+writes what follows a delivery (the link to the tool's item, the disclosure record) in the same
+transaction as the delivered mark.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any, Literal
 
-from connectors.base import Channel, DeliveryResult, Destination
+from sqlalchemy import Connection, Engine, and_, insert, select, update
+
+from connectors.base import (
+    Channel,
+    DeliveryResult,
+    Destination,
+    FamilyMessage,
+    Link,
+    Reconciled,
+)
 from connectors.registry import lookup
 from service.clock import utcnow
 from service.config import Settings
 from service.errors import PermanentError
-from service.models import OutboxItem
+from service.intents import FAMILY_NOTICE, TASK_UPSERT, case_subject
+from service.models import Case, DeliveryLink, Disclosure, OutboxItem
+from service.outreach import contact_state, recent_family_sends, resources_for
+from service.policy import ChannelChoice, Defer, Suppress, decide
+from service.render import render_family_notice
+from service.task_view import aware, build_task, disclosed_categories, school_name, student_facts
 
 STAFF_BASIS = "school official with legitimate educational interest, 34 CFR 99.31(a)(1)"
 FAMILY_BASIS = "parent or guardian of the student, 34 CFR 99.10 / 99.31(a)"
 
 
+@dataclass(frozen=True)
+class Skip:
+    status: Literal["suppressed", "superseded"]
+    reason: str
+
+
+@dataclass(frozen=True)
+class Wait:
+    until: datetime
+    reason: str
+
+
+@dataclass
+class Send:
+    target: str
+    # True when a resend could show twice: `sending` is committed before `call`.
+    needs_sending_mark: bool
+    call: Callable[[], DeliveryResult]
+    # Kept on the item: what reconcile and `delivered` need (channel, address, revision...).
+    record: dict[str, Any] = field(default_factory=dict)
+
+
+Plan = Skip | Wait | Send
+
+
 def build_targets(settings: Settings) -> tuple[dict[str, Destination], dict[str, Channel]]:
+    """Every configured destination and channel, built by the kind that registered it."""
     destinations: dict[str, Destination] = {
         d.name: lookup("destination", d.kind).factory(settings, d) for d in settings.destinations
     }
@@ -26,54 +76,214 @@ def build_targets(settings: Settings) -> tuple[dict[str, Destination], dict[str,
     return destinations, channels
 
 
-def make_deliver(settings: Settings) -> Callable[[OutboxItem], DeliveryResult]:
-    destinations, channels = build_targets(settings)
+class Deliverer:
+    def __init__(
+        self,
+        engine: Engine,
+        settings: Settings,
+        targets: tuple[dict[str, Destination], dict[str, Channel]] | None = None,
+        clock: Callable[[], datetime] = utcnow,
+    ) -> None:
+        self.engine = engine
+        self.settings = settings
+        # "Now" for policy (quiet hours, caps) and marks; tests pin it.
+        self.clock = lambda: clock().astimezone(UTC)  # SQLite keeps no offset: store UTC
+        self.destinations, self.channels = targets or build_targets(settings)
 
-    def deliver(item: OutboxItem) -> DeliveryResult:
-        if item.kind == "task" and item.target in destinations:
-            return destinations[item.target].upsert_task(item.idempotency_key, item.payload)
-        if item.kind == "family_message" and item.target in channels:
-            return channels[item.target].send(item.idempotency_key, item.payload)
-        # The configuration no longer names this target: retrying cannot help.
-        raise PermanentError(f"no {item.kind} target named {item.target!r} is configured")
+    # -- plan ---------------------------------------------------------------------------------
 
-    return deliver
+    def plan(self, item: OutboxItem) -> Plan:
+        if item.kind == TASK_UPSERT:
+            return self._plan_task(item)
+        if item.kind == FAMILY_NOTICE:
+            return self._plan_notice(item)
+        raise PermanentError(f"unknown outbox kind {item.kind!r}")
 
+    def _destination(self, name: str) -> Destination:
+        found = self.destinations.get(name)
+        if found is None:  # the configuration no longer names it: retrying cannot help
+            raise PermanentError(f"no destination named {name!r} is configured")
+        return found
 
-def disclosure_records(item: OutboxItem, result: DeliveryResult) -> list[dict[str, Any]]:
-    """What left the system for whom (34 CFR 99.32); written with the delivered mark."""
-    if not item.student_id:
-        return []
-    if item.kind == "task":
-        categories = ["identity", "enrollment", "case"]
-        reasons = item.payload.get("reasons") or []
-        text = repr([r.get("evidence") for r in reasons])
-        for word, category in (
-            ("absent", "attendance"),
-            ("failures", "grades"),
-            ("incidents", "discipline"),
-        ):
-            if word in text:
-                categories.append(category)
-        return [
-            {
-                "student_id": item.student_id,
+    def _plan_task(self, item: OutboxItem) -> Plan:
+        destination = self._destination(item.target)
+        case_id = int(item.payload["case_id"])
+        revision = int(item.payload.get("revision") or 0)
+        subject = case_subject(case_id)
+        with self.engine.connect() as conn:
+            link = self._link(conn, item.target, subject)
+            if link is not None and link[1] >= revision:
+                return Skip("superseded", f"revision {link[1]} already delivered")
+            later = conn.execute(
+                select(OutboxItem.id).where(
+                    OutboxItem.kind == TASK_UPSERT,
+                    OutboxItem.target == item.target,
+                    OutboxItem.case_id == case_id,
+                    OutboxItem.id > item.id,
+                    OutboxItem.status.in_(("pending", "sending")),
+                )
+            ).first()
+            if later is not None:
+                return Skip("superseded", "a later revision is queued")
+            task = build_task(conn, self.settings, case_id)
+        if task is None:
+            raise PermanentError(f"case {case_id} no longer exists")
+        current = link[0] if link else None
+        if current is None and destination.idempotency == "stored_link":
+            current = destination.find(subject)  # created before a crash lost the link
+        creates_blind = destination.idempotency == "none" or (
+            destination.idempotency == "stored_link" and current is None
+        )
+        record = {
+            "subject": subject,
+            "revision": task["revision"],
+            "data_categories": disclosed_categories(task),
+        }
+        return Send(
+            item.target,
+            creates_blind,
+            lambda: destination.upsert_task(item.idempotency_key, subject, task, current),
+            record,
+        )
+
+    def _plan_notice(self, item: OutboxItem) -> Plan:
+        settings = self.settings
+        if settings.templates is None:
+            raise PermanentError("no family_notice templates are configured")
+        now = self.clock()
+        policy = settings.policy
+        since = now - timedelta(days=max(policy.family_cap.days, policy.resource_repeat_days))
+        repeat_since = now - timedelta(days=policy.resource_repeat_days)
+        assert item.student_id is not None and item.contact_id is not None
+        with self.engine.connect() as conn:
+            case_status = conn.execute(select(Case.status).where(Case.id == item.case_id)).scalar()
+            contact = contact_state(conn, item.student_id, item.contact_id)
+            sends = recent_family_sends(conn, item.contact_id, since)
+            facts = student_facts(conn, [item.student_id]).get(item.student_id, {})
+            school = school_name(conn, facts.get("school_id")) or "your school"
+        candidates = resources_for(
+            settings, item.payload.get("categories") or [], item.payload.get("resource_ids") or []
+        )
+        decision = decide(
+            now=now,
+            timezone=settings.district.timezone,
+            policy=policy,
+            case_open=case_status == "open",
+            contact=contact,
+            channels=[
+                ChannelChoice(c.name, self.channels[c.name].medium) for c in settings.channels
+            ],
+            candidates=candidates,
+            recent_sends=[aware(at) for at, _ in sends],
+            recently_sent_resources={
+                rid for at, ids in sends if aware(at) >= repeat_since for rid in ids
+            },
+        )
+        if isinstance(decision, Suppress):
+            return Skip("suppressed", decision.reason)
+        if isinstance(decision, Defer):
+            return Wait(decision.until, decision.reason)
+        channel = self.channels[decision.channel]
+        rendered = render_family_notice(
+            settings.templates, settings.district.name, contact.language, decision.medium,
+            decision.resources, facts.get("first_name") or "", school,
+        )  # fmt: skip
+        message = FamilyMessage(
+            decision.address, rendered.language, rendered.body, rendered.subject
+        )
+        record = {
+            "channel": channel.name,
+            "medium": decision.medium,
+            "to": decision.address,
+            "language": rendered.language,
+            "resource_ids": [r.id for r in decision.resources],
+        }
+        return Send(
+            channel.name,
+            channel.idempotency != "provider_key",
+            lambda: channel.send(item.idempotency_key, message),
+            record,
+        )
+
+    # -- after a crash ------------------------------------------------------------------------
+
+    def reconcile(self, item: OutboxItem) -> Reconciled:
+        """Ask the target whether an item left in `sending` went out."""
+        record = item.result or {}
+        since = aware(item.sending_at or item.created_at)
+        if item.kind == TASK_UPSERT:
+            destination = self._destination(item.target)
+            subject = record.get("subject") or case_subject(int(item.payload["case_id"]))
+            if destination.idempotency == "stored_link":
+                found = destination.find(subject)
+                if found is None:
+                    return Reconciled("not_sent")
+                return Reconciled("sent", DeliveryResult(found.external_id, found.version))
+            return destination.reconcile(item.idempotency_key, subject, since)
+        channel = self.channels.get(record.get("channel") or item.target)
+        if channel is None:
+            return Reconciled("unknown", detail=f"channel {item.target!r} is not configured")
+        return channel.reconcile(item.idempotency_key, str(record.get("to")), since)
+
+    # -- what follows a delivery, in the delivered mark's transaction ---------------------------
+
+    def delivered(
+        self, conn: Connection, item: OutboxItem, record: dict[str, Any], result: DeliveryResult
+    ) -> None:
+        now = self.clock()
+        if item.kind == TASK_UPSERT and result.external_id:
+            self._save_link(conn, item, record, result, now)
+        if not item.student_id:
+            return
+        if item.kind == TASK_UPSERT:
+            disclosure = {
                 "recipient": f"staff tool {item.target}",
                 "recipient_kind": "staff_tool",
-                "data_categories": categories,
+                "data_categories": record.get("data_categories") or ["identity", "case"],
                 "basis": STAFF_BASIS,
-                "outbox_id": item.id,
-                "disclosed_at": utcnow(),
             }
-        ]
-    return [
-        {
-            "student_id": item.student_id,
-            "recipient": f"contact {item.contact_id} via {item.target}",
-            "recipient_kind": "family",
-            "data_categories": ["support_offered"],
-            "basis": FAMILY_BASIS,
-            "outbox_id": item.id,
-            "disclosed_at": utcnow(),
+        else:
+            disclosure = {
+                "recipient": f"contact {item.contact_id} via {record.get('channel', item.target)}",
+                "recipient_kind": "family",
+                "data_categories": ["support_offered"],
+                "basis": FAMILY_BASIS,
+            }
+        conn.execute(
+            insert(Disclosure).values(
+                student_id=item.student_id, outbox_id=item.id, disclosed_at=now, **disclosure
+            )
+        )
+
+    @staticmethod
+    def _link(conn: Connection, target: str, subject: str) -> tuple[Link, int] | None:
+        row = conn.execute(
+            select(DeliveryLink.external_id, DeliveryLink.version, DeliveryLink.last_revision)
+            .where(DeliveryLink.target == target, DeliveryLink.subject == subject)
+        ).first()  # fmt: skip
+        return (Link(row[0], row[1]), row[2]) if row else None
+
+    @staticmethod
+    def _save_link(
+        conn: Connection,
+        item: OutboxItem,
+        record: dict[str, Any],
+        result: DeliveryResult,
+        now: datetime,
+    ) -> None:
+        subject = record.get("subject") or case_subject(int(item.payload["case_id"]))
+        revision = int(record.get("revision") or item.payload.get("revision") or 0)
+        values = {
+            "external_id": result.external_id,
+            "version": result.version,
+            "last_revision": revision,
+            "updated_at": now,
         }
-    ]
+        where = and_(DeliveryLink.target == item.target, DeliveryLink.subject == subject)
+        changed = conn.execute(update(DeliveryLink).where(where).values(**values)).rowcount
+        if not changed:
+            conn.execute(
+                insert(DeliveryLink).values(
+                    target=item.target, subject=subject, case_id=item.case_id, **values
+                )
+            )

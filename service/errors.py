@@ -5,6 +5,7 @@ without knowing where it came from:
 
 - ``TransientError``: try again later (a timeout, a 429, a 503, a lock); the outbox retries it.
 - ``PermanentError``: retrying will not help (a 400, a bad address); the outbox dead-letters it.
+- ``OutcomeUnknown``: a delivery may have happened; the outbox reconciles before any resend.
 - ``BadRecord``: one input record cannot be used; it is quarantined and the sync goes on.
 - ``ConfigError``: the configuration is wrong; startup stops and lists every problem.
 """
@@ -24,6 +25,13 @@ class TransientError(CasebridgeError):
     def __init__(self, message: str, retry_after: float | None = None) -> None:
         super().__init__(message)
         self.retry_after = retry_after
+
+
+class OutcomeUnknown(CasebridgeError):
+    """The call may or may not have taken effect (a timeout after the request left).
+
+    Never retried blindly: the outbox asks the target's `reconcile` first.
+    """
 
 
 class PermanentError(CasebridgeError):

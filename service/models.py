@@ -135,6 +135,8 @@ class ContactPreference(Base):
     contact_id: Mapped[str] = mapped_column(Key, primary_key=True)
     sms_opted_out_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     email_opted_out_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # "Stop everything", by any reasonable means: every channel.
+    all_opted_out_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     evidence: Mapped[dict[str, Any] | None] = mapped_column(Json)
 
 
@@ -376,25 +378,53 @@ class CaseEvent(Base):
 
 
 class OutboxItem(Base):
+    """An intent: what should happen outside (`task_upsert`, `family_notice`), not the text.
+
+    Rendering, address choice and send-time policy happen when a worker delivers it.
+    Status: pending -> (sending) -> delivered | dead | needs_review | suppressed | superseded.
+    """
+
     __tablename__ = "outbox"
     id: Mapped[int] = mapped_column(SerialId, primary_key=True, autoincrement=True)
     idempotency_key: Mapped[str] = mapped_column(String(255), unique=True)
-    kind: Mapped[str] = mapped_column(String(32))  # task | family_message
-    target: Mapped[str] = mapped_column(String(64))  # destination or channel name
+    kind: Mapped[str] = mapped_column(String(32))  # task_upsert | family_notice
+    # A destination's name (tasks); "family" until a channel is chosen at send time (notices).
+    target: Mapped[str] = mapped_column(String(64))
     case_id: Mapped[int | None] = mapped_column(ForeignKey("cases.id"), index=True)
     student_id: Mapped[str | None] = mapped_column(Key)
-    contact_id: Mapped[str | None] = mapped_column(Key)
-    payload: Mapped[dict[str, Any]] = mapped_column(Json)
-    status: Mapped[str] = mapped_column(String(16), default="pending")  # pending|delivered|dead
+    contact_id: Mapped[str | None] = mapped_column(Key, index=True)
+    payload: Mapped[dict[str, Any]] = mapped_column(Json)  # the intent's parameters
+    status: Mapped[str] = mapped_column(String(16), default="pending")
+    # Why it is in that status: "opted_out", "quiet_hours", "reconcile: not found"...
+    reason: Mapped[str | None] = mapped_column(String(255))
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     next_attempt_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     claimed_until: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     claimed_by: Mapped[str | None] = mapped_column(String(128))  # host:pid of the worker
+    # Fencing token of the current claim: every mark checks it, so a worker that lost its
+    # lease cannot mark an item another worker holds now.
+    claim_token: Mapped[str | None] = mapped_column(String(36))
     last_error: Mapped[str | None] = mapped_column(Text)
     external_id: Mapped[str | None] = mapped_column(String(255))
+    # What was (or is being) sent: channel, address, resource ids; reconcile reads it.
+    result: Mapped[dict[str, Any] | None] = mapped_column(Json)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    sending_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     delivered_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     __table_args__ = (Index("ix_outbox_due", "status", "next_attempt_at"),)
+
+
+class DeliveryLink(Base):
+    """Our earlier item in a tool that issues its own ids: later revisions update it."""
+
+    __tablename__ = "delivery_links"
+    target: Mapped[str] = mapped_column(String(64), primary_key=True)
+    subject: Mapped[str] = mapped_column(String(128), primary_key=True)  # e.g. "case-12"
+    case_id: Mapped[int | None] = mapped_column(ForeignKey("cases.id"), index=True)
+    external_id: Mapped[str] = mapped_column(String(255))
+    version: Mapped[str | None] = mapped_column(String(255))  # ETag or the tool's version
+    last_revision: Mapped[int] = mapped_column(Integer, default=0)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
 
 
 class Disclosure(Base):

@@ -1,8 +1,20 @@
-"""The outbox: every outside effect is a row written with the change that caused it.
+"""The outbox: every outside effect is an intent written with the change that caused it.
 
-Delivery is at least once: an item is claimed, delivered outside any transaction, then marked.
-What makes "at least once" safe is the idempotency key, deterministic from what caused the item,
-which every destination and channel honours (a second delivery of a key changes nothing).
+Delivery is at least once, and nothing a person would see happens twice:
+
+1. A worker **claims** due items with a lease and a fencing token (`FOR UPDATE SKIP LOCKED` on
+   PostgreSQL; one atomic UPDATE on SQLite). Every later mark has the token in its `WHERE`: a
+   worker whose lease ran out marks nothing. A background thread renews the lease while the
+   worker delivers; a dead worker's items come back when the lease expires, on any host.
+2. `Deliverer.plan` applies send-time **policy** and **renders** against the data as it is now:
+   skip (suppressed, superseded), wait (quiet hours, caps) or send.
+3. For a target with no idempotency of its own (SMS, email, a create in a tool that issues its
+   own ids), `sending` is **committed before the call**. An item found in `sending` after a crash
+   is never resent blindly: the target's `reconcile` says sent, not sent, or unknown, and unknown
+   parks it in `needs_review` for a person (`casebridge outbox resolve`).
+4. The **mark** (`delivered`, with the tool's id, the delivery link and the disclosure record) is
+   one transaction. Any error outside the taxonomy counts as a failed attempt: nothing stays
+   leased and the rest of the batch goes on.
 """
 
 from __future__ import annotations
@@ -10,32 +22,33 @@ from __future__ import annotations
 import os
 import random
 import socket
+import threading
+import uuid
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 import structlog
-from sqlalchemy import Connection, Engine, or_, select, update
+from sqlalchemy import Connection, Engine, and_, or_, select, update
 
 from connectors.base import DeliveryResult
 from service.bulk import insert_new, table
 from service.clock import utcnow
 from service.config import OutboxConfig
-from service.errors import PermanentError, TransientError
-from service.models import Disclosure, OutboxItem
+from service.delivery import Deliverer, Send, Skip
+from service.errors import OutcomeUnknown, PermanentError, TransientError
+from service.models import OutboxItem
 
 log = structlog.get_logger(__name__)
 
-LEASE = timedelta(minutes=5)
-# Test-only switch: the process dies at this point of a delivery, as a power cut would.
-FAULT_ENV = "CASEBRIDGE_FAULT_INJECT"
-
-Deliver = Callable[[OutboxItem], DeliveryResult]
+WORKER = f"{socket.gethostname()}:{os.getpid()}"
+FINAL = ("delivered", "dead", "suppressed", "superseded")
 
 
 def enqueue(conn: Connection, items: list[dict[str, Any]]) -> int:
-    """Add items in the caller's transaction; an existing key is left alone (not a duplicate)."""
+    """Add intents in the caller's transaction; an existing key is left alone (not a duplicate)."""
     if not items:
         return 0
     now = utcnow()
@@ -65,7 +78,13 @@ class DispatchReport:
     delivered: int = 0
     retried: int = 0
     dead: int = 0
-    by_target: dict[str, int] = field(default_factory=dict)
+    needs_review: int = 0
+    superseded: int = 0
+    reconciled: int = 0
+    lost_claims: int = 0
+    by_target: Counter[str] = field(default_factory=Counter)
+    suppressed: Counter[str] = field(default_factory=Counter)
+    deferred: Counter[str] = field(default_factory=Counter)
 
 
 def backoff(cfg: OutboxConfig, attempts: int, retry_after: float | None = None) -> float:
@@ -75,153 +94,334 @@ def backoff(cfg: OutboxConfig, attempts: int, retry_after: float | None = None) 
     return max(delay, retry_after or 0.0)
 
 
-WORKER = f"{socket.gethostname()}:{os.getpid()}"
+# -- claims -----------------------------------------------------------------------------------
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+def _due(now: datetime) -> Any:
+    return and_(
+        OutboxItem.status.in_(("pending", "sending")),
+        OutboxItem.next_attempt_at <= now,
+        or_(OutboxItem.claimed_until.is_(None), OutboxItem.claimed_until < now),
+    )
 
 
-def release_dead_claims(engine: Engine) -> int:
-    """Free leases held by workers on this host that died, so a restart redelivers at once.
-
-    Leases of workers on other hosts are left to expire: we cannot see those processes.
-    """
-    host = socket.gethostname()
-    now = utcnow()
+def claim(
+    engine: Engine, limit: int, lease_seconds: float, now: datetime | None = None
+) -> tuple[str, list[OutboxItem]]:
+    """Take up to `limit` due items under a new fencing token."""
+    token = str(uuid.uuid4())
+    now = now or utcnow()
+    values = {
+        "claim_token": token,
+        "claimed_until": now + timedelta(seconds=lease_seconds),
+        "claimed_by": WORKER,
+    }
     with engine.begin() as conn:
-        held = conn.execute(
-            select(OutboxItem.id, OutboxItem.claimed_by).where(
-                OutboxItem.status == "pending",
-                OutboxItem.claimed_until > now,
-                OutboxItem.claimed_by.like(f"{host}:%"),
-            )
-        ).all()
-        dead = [
-            item_id
-            for item_id, owner in held
-            if owner and owner != WORKER and not _pid_alive(int(owner.rsplit(":", 1)[1]))
-        ]
-        if dead:
-            conn.execute(
-                update(OutboxItem)
-                .where(OutboxItem.id.in_(dead))
-                .values(claimed_until=None, claimed_by=None)
-            )
-    return len(dead)
-
-
-def _claim(engine: Engine, limit: int) -> list[OutboxItem]:
-    """Take due items with a lease; on PostgreSQL, concurrent workers skip each other's rows."""
-    now = utcnow()
-    with engine.begin() as conn:
-        q = (
-            select(OutboxItem.__table__)
-            .where(
-                OutboxItem.status == "pending",
-                OutboxItem.next_attempt_at <= now,
-                or_(OutboxItem.claimed_until.is_(None), OutboxItem.claimed_until < now),
-            )
-            .order_by(OutboxItem.id)
-            .limit(limit)
-        )
+        due = select(OutboxItem.id).where(_due(now)).order_by(OutboxItem.id).limit(limit)
         if conn.dialect.name == "postgresql":
-            q = q.with_for_update(skip_locked=True)
-        rows = conn.execute(q).mappings().all()
-        if rows:
+            # Concurrent workers skip each other's rows instead of waiting on them.
+            ids = list(conn.execute(due.with_for_update(skip_locked=True)).scalars())
+            if not ids:
+                return token, []
+            conn.execute(update(OutboxItem).where(OutboxItem.id.in_(ids)).values(**values))
+        else:
+            # One statement: SQLite's write lock makes it atomic against another process.
             conn.execute(
                 update(OutboxItem)
-                .where(OutboxItem.id.in_([r["id"] for r in rows]))
-                .values(claimed_until=now + LEASE, claimed_by=WORKER)
+                .where(OutboxItem.id.in_(due.scalar_subquery()), _due(now))
+                .values(**values)
             )
-    return [OutboxItem(**dict(r)) for r in rows]
+        rows = conn.execute(
+            select(OutboxItem.__table__)
+            .where(OutboxItem.claim_token == token)
+            .order_by(OutboxItem.id)
+        ).mappings()
+        return token, [OutboxItem(**dict(r)) for r in rows]
 
 
-def _fault(point: str) -> None:
-    if os.environ.get(FAULT_ENV) == point:
-        os._exit(75)
+class LeaseKeeper:
+    """Renews the lease of every item still held under `token` while the worker delivers."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        token: str,
+        lease_seconds: float,
+        clock: Callable[[], datetime] = utcnow,
+    ) -> None:
+        self.engine = engine
+        self.clock = clock
+        self.token = token
+        self.lease = lease_seconds
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="outbox-lease", daemon=True)
+
+    def __enter__(self) -> LeaseKeeper:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.lease / 3):
+            try:
+                with self.engine.begin() as conn:
+                    conn.execute(
+                        update(OutboxItem)
+                        .where(
+                            OutboxItem.claim_token == self.token,
+                            OutboxItem.claimed_until.is_not(None),
+                        )
+                        .values(claimed_until=self.clock() + timedelta(seconds=self.lease))
+                    )
+            except Exception as exc:  # a missed renewal only risks the lease: the fence holds
+                log.warning("outbox.lease_renewal_failed", error=type(exc).__name__)
+
+
+# -- fenced marks -------------------------------------------------------------------------------
+
+RELEASE = {"claimed_until": None, "claimed_by": None, "claim_token": None}
+
+
+def _mark(
+    conn: Connection, item: OutboxItem, token: str, values: dict[str, Any], keep: bool = False
+) -> bool:
+    """Update the item if this worker still holds it; False means the claim was lost."""
+    changes = values if keep else {**values, **RELEASE}
+    done = conn.execute(
+        update(OutboxItem)
+        .where(OutboxItem.id == item.id, OutboxItem.claim_token == token)
+        .values(**changes)
+    )
+    return done.rowcount == 1
+
+
+def _mark_alone(engine: Engine, item: OutboxItem, token: str, values: dict[str, Any]) -> bool:
+    with engine.begin() as conn:
+        return _mark(conn, item, token, values)
+
+
+# -- the dispatcher -----------------------------------------------------------------------------
+
+
+class Dispatcher:
+    def __init__(self, engine: Engine, deliverer: Deliverer, cfg: OutboxConfig) -> None:
+        self.engine = engine
+        self.deliverer = deliverer
+        self.clock = deliverer.clock  # one "now" for claims, policy and marks
+        self.cfg = cfg
+        self.report = DispatchReport()
+
+    def run(self, on_item: Callable[[], None] | None = None) -> DispatchReport:
+        """Deliver every due item; returns when nothing is due."""
+        while True:
+            token, items = claim(
+                self.engine, self.cfg.batch_size, self.cfg.lease_seconds, self.clock()
+            )
+            if not items:
+                return self.report
+            with LeaseKeeper(self.engine, token, self.cfg.lease_seconds, self.clock):
+                for item in items:
+                    self.one(item, token)
+                    if on_item:
+                        on_item()
+
+    def one(self, item: OutboxItem, token: str) -> None:
+        sending = item.status == "sending"
+        try:
+            if sending:
+                if not self._reconcile(item, token):
+                    return
+                sending = False
+            plan = self.deliverer.plan(item)
+            if isinstance(plan, Skip):
+                self._settle(item, token, {"status": plan.status, "reason": plan.reason})
+                if plan.status == "superseded":
+                    self.report.superseded += 1
+                else:
+                    self.report.suppressed[plan.reason] += 1
+                return
+            if not isinstance(plan, Send):  # Wait: quiet hours, caps. Not an attempt.
+                self._settle(
+                    item, token,
+                    {"status": "pending", "next_attempt_at": plan.until,
+                     "reason": f"deferred: {plan.reason}"},
+                )  # fmt: skip
+                self.report.deferred[plan.reason] += 1
+                return
+            if plan.needs_sending_mark:
+                if not self._mark_sending(item, token, plan):
+                    return
+                sending = True
+            result = plan.call()
+            self._delivered(item, token, plan.target, plan.record, result)
+        except OutcomeUnknown as exc:
+            self._uncertain(item, token, str(exc))
+        except TransientError as exc:
+            # By contract a transient error means the call did not take effect.
+            self._failed(item, token, str(exc), exc.retry_after)
+        except PermanentError as exc:
+            self._failed(item, token, str(exc), None, permanent=True)
+        except Exception as exc:
+            # Outside the taxonomy: a failed attempt, never a stalled batch or a held lease.
+            message = f"{type(exc).__name__}: {exc}"
+            log.error("outbox.unexpected_error", item=item.id, error=type(exc).__name__)
+            if sending:
+                self._uncertain(item, token, message)
+            else:
+                self._failed(item, token, message, None)
+
+    def _mark_sending(self, item: OutboxItem, token: str, plan: Send) -> bool:
+        """Commit `sending` before a call that cannot be repeated safely."""
+        with self.engine.begin() as conn:
+            ok = _mark(
+                conn, item, token,
+                {"status": "sending", "sending_at": self.clock(), "target": plan.target,
+                 "result": plan.record},
+                keep=True,
+            )  # fmt: skip
+        if ok:
+            item.status, item.target, item.result = "sending", plan.target, plan.record
+            item.sending_at = self.clock()
+        else:
+            self._lost(item)
+        return ok
+
+    def _reconcile(self, item: OutboxItem, token: str) -> bool:
+        """An item left in `sending`: find out before anything is sent again.
+
+        True when the caller should go on and send it (the target says it never went out).
+        """
+        verdict = self.deliverer.reconcile(item)
+        self.report.reconciled += 1
+        if verdict.outcome == "sent":
+            result = verdict.result or DeliveryResult(None)
+            self._delivered(item, token, item.target, item.result or {}, result)
+            return False
+        if verdict.outcome == "unknown":
+            self._settle(
+                item, token,
+                {"status": "needs_review", "reason": f"reconcile: {verdict.detail or 'unknown'}"},
+            )  # fmt: skip
+            self.report.needs_review += 1
+            log.warning("outbox.needs_review", item=item.id, target=item.target)
+            return False
+        with self.engine.begin() as conn:
+            ok = _mark(
+                conn, item, token,
+                {"status": "pending", "reason": "reconciled: not sent", "sending_at": None},
+                keep=True,
+            )  # fmt: skip
+        if not ok:
+            self._lost(item)
+            return False
+        item.status = "pending"
+        return True
+
+    def _delivered(
+        self,
+        item: OutboxItem,
+        token: str,
+        target: str,
+        record: dict[str, Any],
+        result: DeliveryResult,
+    ) -> None:
+        with self.engine.begin() as conn:
+            ok = _mark(
+                conn,
+                item,
+                token,
+                {
+                    "status": "delivered",
+                    "reason": None,
+                    "target": target,
+                    "attempts": item.attempts + 1,
+                    "delivered_at": self.clock(),
+                    "external_id": result.external_id,
+                    "result": {**record, **({"detail": result.detail} if result.detail else {})},
+                    "last_error": None,
+                },
+            )
+            if ok:
+                item.target = target
+                self.deliverer.delivered(conn, item, record, result)
+        if ok:
+            self.report.delivered += 1
+            self.report.by_target[target] += 1
+        else:
+            # Another worker holds it now. A provider-key or linked target absorbs its redelivery;
+            # a `sending` item is reconciled by that worker, not resent.
+            self._lost(item)
+
+    def _settle(self, item: OutboxItem, token: str, values: dict[str, Any]) -> None:
+        if not _mark_alone(self.engine, item, token, values):
+            self._lost(item)
+
+    def _failed(
+        self,
+        item: OutboxItem,
+        token: str,
+        error: str,
+        retry_after: float | None,
+        permanent: bool = False,
+    ) -> None:
+        attempts = item.attempts + 1
+        dead = permanent or attempts >= self.cfg.max_attempts
+        values: dict[str, Any] = {
+            "attempts": attempts,
+            "last_error": error[:2000],
+            "status": "dead" if dead else "pending",
+            "reason": ("permanent error" if permanent else "attempts exhausted") if dead else None,
+            "sending_at": None,
+        }
+        if not dead:
+            values["next_attempt_at"] = self.clock() + timedelta(
+                seconds=backoff(self.cfg, attempts, retry_after)
+            )
+        if not _mark_alone(self.engine, item, token, values):
+            self._lost(item)
+            return
+        if dead:
+            self.report.dead += 1
+            log.warning("outbox.dead", item=item.id, target=item.target, attempts=attempts)
+        else:
+            self.report.retried += 1
+            log.info("outbox.retry", item=item.id, target=item.target, attempts=attempts)
+
+    def _uncertain(self, item: OutboxItem, token: str, error: str) -> None:
+        """The call may have gone out: keep `sending`, so the next claim reconciles first."""
+        attempts = item.attempts + 1
+        if attempts >= self.cfg.max_attempts:
+            values: dict[str, Any] = {
+                "status": "needs_review",
+                "reason": "outcome unknown after the last attempt",
+                "attempts": attempts,
+                "last_error": error[:2000],
+            }
+            self.report.needs_review += 1
+        else:
+            values = {
+                "status": "sending",
+                "attempts": attempts,
+                "last_error": error[:2000],
+                "next_attempt_at": self.clock() + timedelta(seconds=backoff(self.cfg, attempts)),
+            }
+            self.report.retried += 1
+        if not _mark_alone(self.engine, item, token, values):
+            self._lost(item)
+
+    def _lost(self, item: OutboxItem) -> None:
+        self.report.lost_claims += 1
+        log.warning("outbox.claim_lost", item=item.id, target=item.target)
 
 
 def dispatch(
     engine: Engine,
-    deliver: Deliver,
+    deliverer: Deliverer,
     cfg: OutboxConfig,
-    disclosures: Callable[[OutboxItem, DeliveryResult], list[dict[str, Any]]],
     on_item: Callable[[], None] | None = None,
 ) -> DispatchReport:
-    """Deliver every due item once; failures are scheduled again or dead-lettered."""
-    report = DispatchReport()
-    release_dead_claims(engine)
-    while True:
-        items = _claim(engine, cfg.batch_size)
-        if not items:
-            return report
-        for item in items:
-            _fault("before_delivery")
-            try:
-                result = deliver(item)
-            except TransientError as exc:
-                _failed(engine, item, cfg, str(exc), exc.retry_after, report)
-            except PermanentError as exc:
-                _failed(engine, item, cfg, str(exc), None, report, permanent=True)
-            else:
-                _fault("after_delivery")
-                with engine.begin() as conn:
-                    conn.execute(
-                        update(OutboxItem)
-                        .where(OutboxItem.id == item.id)
-                        .values(
-                            status="delivered",
-                            attempts=item.attempts + 1,
-                            delivered_at=utcnow(),
-                            external_id=result.external_id,
-                            claimed_until=None,
-                            claimed_by=None,
-                            last_error=None,
-                        )
-                    )
-                    records = disclosures(item, result)
-                    if records:
-                        conn.execute(Disclosure.__table__.insert(), records)  # type: ignore[attr-defined]
-                report.delivered += 1
-                report.by_target[item.target] = report.by_target.get(item.target, 0) + 1
-            if on_item:
-                on_item()
-
-
-def _failed(
-    engine: Engine,
-    item: OutboxItem,
-    cfg: OutboxConfig,
-    error: str,
-    retry_after: float | None,
-    report: DispatchReport,
-    permanent: bool = False,
-) -> None:
-    attempts = item.attempts + 1
-    dead = permanent or attempts >= cfg.max_attempts
-    values: dict[str, Any] = {
-        "attempts": attempts,
-        "last_error": error[:2000],
-        "claimed_until": None,
-        "claimed_by": None,
-        "status": "dead" if dead else "pending",
-    }
-    if not dead:
-        values["next_attempt_at"] = utcnow() + timedelta(
-            seconds=backoff(cfg, attempts, retry_after)
-        )
-    with engine.begin() as conn:
-        conn.execute(update(OutboxItem).where(OutboxItem.id == item.id).values(**values))
-    if dead:
-        report.dead += 1
-        log.warning("outbox.dead", item=item.id, target=item.target, attempts=attempts)
-    else:
-        report.retried += 1
-        log.info("outbox.retry", item=item.id, target=item.target, attempts=attempts)
+    """Deliver every due item once; failures are scheduled again, dead-lettered or parked."""
+    return Dispatcher(engine, deliverer, cfg).run(on_item)

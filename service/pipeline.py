@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from collections import Counter
 from datetime import date
 from pathlib import Path
 
@@ -12,7 +12,7 @@ from sqlalchemy.engine import make_url
 from service import db
 from service.cases import EvaluationReport, evaluate
 from service.config import Settings
-from service.delivery import disclosure_records, make_deliver
+from service.delivery import Deliverer
 from service.ingest import ProgressFn, SyncReport
 from service.models import OutboxItem
 from service.outbox import DispatchReport, dispatch
@@ -29,11 +29,15 @@ def database_url(settings: Settings) -> str:
     return url.render_as_string(hide_password=False)
 
 
-def open_engine(settings: Settings, upgrade: bool = True) -> Engine:
+def open_engine(settings: Settings, upgrade: bool = False) -> Engine:
+    """The engine every command and the API use. The schema must be current: migrations are
+    run by `casebridge db upgrade` (or the embedded demo), never by N workers racing."""
     url = database_url(settings)
     if upgrade:
         db.upgrade(url)
-    return db.make_engine(url)
+    engine = db.make_engine(url)
+    db.check_schema_current(engine, url)
+    return engine
 
 
 def run_sync(
@@ -51,23 +55,17 @@ def run_evaluate(engine: Engine, settings: Settings, as_of: date | None = None) 
     return evaluate(engine, settings, as_of)
 
 
-@dataclass
-class OutboxState:
-    pending: int = 0
-    delivered: int = 0
-    dead: int = 0
-    by_kind: dict[str, int] = field(default_factory=dict)
+def outbox_counts(engine: Engine) -> Counter[str]:
+    """Items by status."""
+    with engine.connect() as conn:
+        return Counter(
+            dict(
+                conn.execute(
+                    select(OutboxItem.status, func.count()).group_by(OutboxItem.status)
+                ).all()
+            )
+        )
 
 
 def run_dispatch(engine: Engine, settings: Settings) -> DispatchReport:
-    return dispatch(engine, make_deliver(settings), settings.outbox, disclosure_records)
-
-
-def outbox_state(engine: Engine) -> OutboxState:
-    state = OutboxState()
-    with engine.connect() as conn:
-        for status, count in conn.execute(
-            select(OutboxItem.status, func.count()).group_by(OutboxItem.status)
-        ):
-            setattr(state, status, count)
-    return state
+    return dispatch(engine, Deliverer(engine, settings), settings.outbox)

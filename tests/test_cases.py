@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from datetime import date, timedelta
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy import Engine, select, text
 
 from service.config import Settings
 from service.models import Case, OutboxItem, Referral
-from service.pipeline import run_evaluate, run_sync
+from service.pipeline import run_dispatch, run_evaluate, run_sync
 from tests.builders import TinyDistrict
 
 
@@ -20,6 +22,14 @@ def outbox(engine: Engine, kind: str | None = None) -> list[OutboxItem]:
         if kind:
             q = q.where(OutboxItem.kind == kind)
         return [OutboxItem(**dict(r)) for r in conn.execute(q).mappings()]
+
+
+def sent(settings: Settings, file: str) -> list[dict[str, Any]]:
+    """What reached the staff tool or the family (the file sinks), in order."""
+    path = settings.resolve(settings.output_dir) / file
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
 
 
 def cases(engine: Engine) -> list[Case]:
@@ -53,13 +63,18 @@ def test_one_case_per_student_and_a_new_reason_joins_it(
     assert (first.cases_opened, first.referrals_created) == (1, 1)
     [case] = cases(engine)
     assert (case.status, case.revision, case.severity) == ("open", 1, "high")
-    notices = outbox(engine, "family_message")
+    # A notice is queued for each guardian (not g4, who is not one); policy decides at send.
+    assert sorted(n.contact_id for n in outbox(engine, "family_notice")) == ["g1", "g2", "g3"]
+    dispatched = run_dispatch(engine, settings)
+    assert dispatched.suppressed == {"do_not_contact": 1}
     # Spanish-speaking guardian by SMS, the email-only guardian by email; nobody else.
-    assert sorted((n.contact_id, n.target, n.payload["language"]) for n in notices) == [
-        ("g1", "sms", "es"),
-        ("g2", "email", "en"),
+    sms, email = sent(settings, "family-sms.jsonl"), sent(settings, "family-email.jsonl")
+    assert [(m["message"]["to"], m["message"]["language"]) for m in sms] == [("+12125550101", "es")]
+    assert [(m["message"]["to"], m["message"]["language"]) for m in email] == [
+        ("dad@example.org", "en")
     ]
-    assert "Ride to School" in notices[0].payload["body"]
+    assert "Ride to School" in sms[0]["message"]["body"]
+    assert "Ride to School" in email[0]["message"]["body"]
 
     d.grade("s1", "Mathematics", 41)
     d.write()
@@ -76,22 +91,29 @@ def test_one_case_per_student_and_a_new_reason_joins_it(
         ).all()
     assert [r.rule_id for r in reasons] == ["chronic-absence", "core-course-failure"]
     assert reasons[1].evidence["indicators"]["core_course_failures"] == 1
-    tasks = outbox(engine, "task")
+    tasks = outbox(engine, "task_upsert")
     assert [t.idempotency_key for t in tasks] == [
         f"task:tasks:case-{case.id}:rev-1",
         f"task:tasks:case-{case.id}:rev-2",
     ]
-    assert [r["rule_id"] for r in tasks[1].payload["reasons"]] == [
+    run_dispatch(engine, settings)
+    written = sent(settings, "tasks.jsonl")
+    # Created once, then the same task updated: the tool's id is kept.
+    assert [w["op"] for w in written] == ["create", "update"]
+    assert written[0]["task_id"] == written[1]["task_id"]
+    assert [r["rule_id"] for r in written[1]["task"]["reasons"]] == [
         "chronic-absence",
         "core-course-failure",
     ]
     # Only the new resource (tutoring) goes to the family, once per reachable guardian.
-    new_notices = outbox(engine, "family_message")[2:]
-    assert [n.payload["resource_ids"] for n in new_notices] == [["homework-help"]] * 2
+    sms, email = sent(settings, "family-sms.jsonl"), sent(settings, "family-email.jsonl")
+    assert len(sms) == len(email) == 2
+    assert "Homework Help" in sms[1]["message"]["body"]
+    assert "Ride to School" not in sms[1]["message"]["body"]
 
     third = run_evaluate(engine, settings, as_of)
     assert (third.cases_opened, third.cases_updated, third.referrals_created) == (0, 0, 0)
-    assert len(outbox(engine)) == 6
+    assert len(outbox(engine)) == 8
 
 
 def test_recovery_closes_and_a_relapse_within_the_cooldown_reopens_the_same_case(
@@ -114,7 +136,8 @@ def test_recovery_closes_and_a_relapse_within_the_cooldown_reopens_the_same_case
     assert closed.cases_closed == 1
     [case] = cases(engine)
     assert case.status == "closed" and case.close_reason == "recovered"
-    assert outbox(engine, "task")[-1].payload["status"] == "closed"
+    run_dispatch(engine, settings)
+    assert sent(settings, "tasks.jsonl")[-1]["task"]["status"] == "closed"
 
     for day in days[30:40]:
         d.absent("1001", day)
@@ -124,10 +147,12 @@ def test_recovery_closes_and_a_relapse_within_the_cooldown_reopens_the_same_case
     assert (relapse.cases_opened, relapse.cases_reopened) == (0, 1)
     [case] = cases(engine)
     assert (case.status, case.reopen_count) == ("open", 1)
-    last_task = outbox(engine, "task")[-1]
-    assert (last_task.payload["status"], last_task.payload["revision"]) == ("open", 3)
+    run_dispatch(engine, settings)
+    last_task = sent(settings, "tasks.jsonl")[-1]
+    assert (last_task["task"]["status"], last_task["task"]["revision"]) == ("open", 3)
+    assert last_task["op"] == "update"
     # The family already heard about these resources: no second notice for the same reason.
-    assert len(outbox(engine, "family_message")) == 2
+    assert len(outbox(engine, "family_notice")) == 3
 
 
 def test_after_the_cooldown_a_relapse_is_a_new_case(
@@ -183,5 +208,8 @@ def test_case_managers_are_assigned_least_loaded_first(
     # cm-rivera and cm-okafor both cover school 101; the school with no caseload is unassigned.
     assert load.pop("-") == 1
     assert sorted(load) == ["cm-okafor", "cm-rivera"] and sorted(load.values()) == [2, 3]
-    task = next(t for t in outbox(engine, "task") if t.student_id == "x1")
-    assert task.payload["assignee"] is None
+    run_dispatch(engine, settings)
+    task = next(
+        t for t in sent(settings, "tasks.jsonl") if t["task"]["student"]["student_id"] == "x1"
+    )
+    assert task["task"]["assignee"] is None

@@ -52,7 +52,7 @@ def csv_counts(db_url: str, data: Path, out: Path) -> dict[str, int]:
     raw = raw_config_for(db_url, data, out)
     raw["sources"] = [raw["sources"][0]]
     settings = parse_settings(raw, "csv.yaml", data)
-    engine = open_engine(settings)
+    engine = open_engine(settings, upgrade=True)  # a fresh reference database
     run_sync(engine, settings)
     return counts(engine)
 

@@ -1,4 +1,9 @@
-"""The outbox: a crash at any point loses nothing and duplicates nothing a person would see."""
+"""The outbox: a crash at any point loses nothing and duplicates nothing a person would see.
+
+Crashes are real (a dispatcher subprocess killed with SIGKILL by a sink, a lease that runs out),
+sinks are test-only connector kinds registered like third-party plugins (`tests/plugins/sinks.py`),
+and every assertion is about what reached the family's phone or the staff tool.
+"""
 
 from __future__ import annotations
 
@@ -6,43 +11,78 @@ import json
 import os
 import subprocess
 import sys
+import time
 from collections import Counter
+from collections.abc import Callable
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo
 
 import pytest
-from sqlalchemy import Engine, text
+import yaml
+from click.testing import CliRunner
+from sqlalchemy import Engine, insert, select, text, update
 
-from service.config import parse_settings
-from service.pipeline import open_engine, run_dispatch
-from tests.conftest import raw_config_for, write_config
+import tests.plugins.sinks  # noqa: F401  (registers the test-only kinds in this process)
+from service.cli import main
+from service.config import Settings, parse_settings
+from service.delivery import Deliverer
+from service.models import ContactPreference, Disclosure, OutboxItem
+from service.outbox import Dispatcher, claim, dispatch
+from service.pipeline import open_engine, run_dispatch, run_evaluate, run_sync
+from tests.builders import TinyDistrict
+from tests.conftest import ROOT, raw_config_for
 from tools.synthetic import generate_district
 
 CLI = [sys.executable, "-m", "service.cli"]
+PLUGIN_ENV = {"CASEBRIDGE_PLUGINS": "tests.plugins.sinks", "PYTHONPATH": str(ROOT)}
+CHICAGO = ZoneInfo("America/Chicago")
 
 
-def casebridge(
-    config: Path, *args: str, fault: str | None = None
-) -> subprocess.CompletedProcess[str]:
-    env = dict(os.environ)
-    env.pop("CASEBRIDGE_FAULT_INJECT", None)
-    if fault:
-        env["CASEBRIDGE_FAULT_INJECT"] = fault
+def casebridge(config: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, **PLUGIN_ENV}
     return subprocess.run(
-        [*CLI, "--config", str(config), *args], capture_output=True, text=True, env=env, timeout=120
-    )
+        [*CLI, "--config", str(config), *args],
+        capture_output=True, text=True, env=env, timeout=300, cwd=ROOT,
+    )  # fmt: skip
 
 
-def jsonl_keys(path: Path) -> Counter[str]:
+def lines(path: Path) -> list[dict[str, Any]]:
     if not path.exists():
-        return Counter()
-    return Counter(json.loads(line)["idempotency_key"] for line in path.read_text().splitlines())
+        return []
+    out = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            out.append(json.loads(line))
+        except ValueError:
+            continue
+    return out
 
 
-def statuses(engine: Engine) -> Counter[str]:
+def keys(path: Path) -> Counter[str]:
+    return Counter(r["idempotency_key"] for r in lines(path))
+
+
+def items(engine: Engine, kind: str | None = None) -> list[OutboxItem]:
     with engine.connect() as conn:
-        return Counter(
-            dict(conn.execute(text("SELECT status, COUNT(*) FROM outbox GROUP BY status")).all())
-        )
+        q = select(OutboxItem.__table__).order_by(OutboxItem.id)
+        if kind:
+            q = q.where(OutboxItem.kind == kind)
+        return [OutboxItem(**dict(r)) for r in conn.execute(q).mappings()]
+
+
+def statuses(engine: Engine, kind: str | None = None) -> Counter[str]:
+    return Counter(i.status for i in items(engine, kind))
+
+
+def sms_channel(**options: Any) -> dict[str, Any]:
+    return {"name": "sms", "kind": "test_sms", "path": "test-sms.jsonl", **options}
+
+
+def write(path: Path, raw: dict[str, Any]) -> Path:
+    path.write_text(yaml.safe_dump(raw), encoding="utf-8")
+    return path
 
 
 @pytest.fixture
@@ -52,32 +92,283 @@ def district(tmp_path: Path) -> Path:
     return data
 
 
-@pytest.mark.parametrize("fault", ["before_delivery", "after_delivery"])
-def test_a_dispatcher_killed_mid_delivery_delivers_everything_exactly_once(
-    db_url: str, district: Path, tmp_path: Path, fault: str
+def evaluated(db_url: str, data: Path, out: Path, **overrides: Any) -> tuple[Settings, Engine]:
+    settings = parse_settings(raw_config_for(db_url, data, out, **overrides), "t.yaml", data)
+    engine = open_engine(settings)
+    assert not [r.error for r in run_sync(engine, settings) if r.error]
+    run_evaluate(engine, settings)
+    return settings, engine
+
+
+# -- crashes and concurrent workers ------------------------------------------------------------
+
+
+@pytest.mark.parametrize("crash", ["before_write", "after_write"])
+def test_a_worker_killed_mid_send_to_a_non_idempotent_channel_never_sends_twice(
+    db_url: str, district: Path, tmp_path: Path, crash: str
 ) -> None:
     out = tmp_path / "out"
-    config = write_config(tmp_path / "district.yaml", db_url, district, out)
-    assert casebridge(config, "sync").returncode == 0
-    assert casebridge(config, "evaluate").returncode == 0  # cases and outbox rows committed
-    crashed = casebridge(config, "dispatch", fault=fault)
-    assert crashed.returncode == 75, crashed.stderr  # the process died mid-delivery
-    files = [out / "tasks.jsonl", out / "family-sms.jsonl", out / "family-email.jsonl"]
-    written = sum(sum(jsonl_keys(f).values()) for f in files)
-    assert written == (1 if fault == "after_delivery" else 0)
+    channel = sms_channel(crash=crash, crash_marker="crashed")
+    overrides = {"channels": [channel], "outbox": {"lease_seconds": 1, "batch_size": 5}}
+    raw = raw_config_for(db_url, district, out, **overrides)
+    config = write(tmp_path / "d.yaml", raw)
+    _settings, engine = evaluated(db_url, district, out, **overrides)
+    queued = len(items(engine, "family_notice"))
+    assert queued > 3
+
+    killed = casebridge(config, "dispatch")
+    assert killed.returncode == -9, killed.stderr  # SIGKILL, mid-send
+    [left] = [i for i in items(engine) if i.status == "sending"]
+    written_before = keys(out / "test-sms.jsonl")
+    assert written_before[left.idempotency_key] == (1 if crash == "after_write" else 0)
+
+    time.sleep(1.2)  # the dead worker's lease runs out; nobody checks its PID
     finished = casebridge(config, "dispatch")
     assert finished.returncode == 0, finished.stderr
-    engine = open_engine(parse_settings(raw_config_for(db_url, district, out), "t.yaml", district))
-    counts = statuses(engine)
-    assert set(counts) == {"delivered"}
-    keys: Counter[str] = Counter()
-    for f in files:
-        keys.update(jsonl_keys(f))
-    assert sum(keys.values()) == counts["delivered"]  # every item once...
-    assert max(keys.values()) == 1  # ...and none twice
-    again = casebridge(config, "run")
-    assert again.returncode == 0
-    assert sum(sum(jsonl_keys(f).values()) for f in files) == sum(keys.values())
+    assert "reconciled after a crash" in finished.stdout
+    sent = keys(out / "test-sms.jsonl")
+    assert max(sent.values()) == 1  # nothing twice...
+    notices = items(engine, "family_notice")
+    assert {i.status for i in notices} <= {"delivered", "suppressed"}
+    assert sum(sent.values()) == sum(1 for i in notices if i.status == "delivered")  # ...or lost
+    reconciled = next(i for i in notices if i.id == left.id)
+    assert reconciled.status == "delivered"
+    assert reconciled.reason is None or "not sent" in (reconciled.reason or "")
+
+
+def test_an_unknowable_outcome_waits_for_a_person_then_resolves(
+    db_url: str, district: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "out"
+    channel = sms_channel(crash="after_write", crash_marker="crashed", reconcile_unknown=True)
+    overrides = {"channels": [channel], "outbox": {"lease_seconds": 1, "batch_size": 5}}
+    config = write(tmp_path / "d.yaml", raw_config_for(db_url, district, out, **overrides))
+    _, engine = evaluated(db_url, district, out, **overrides)
+    assert casebridge(config, "dispatch").returncode == -9
+    time.sleep(1.2)
+    assert casebridge(config, "dispatch").returncode == 0
+    [parked] = [i for i in items(engine) if i.status == "needs_review"]
+    assert keys(out / "test-sms.jsonl")[parked.idempotency_key] == 1  # it did go out, once
+
+    listed = casebridge(config, "outbox", "list", "--status", "needs_review")
+    assert listed.returncode == 0, listed.stderr
+    assert str(parked.id) in listed.stdout and "reconcile" in listed.stdout
+
+    resolved = casebridge(
+        config, "outbox", "resolve", str(parked.id), "--outcome", "sent", "--note", "seen in log"
+    )
+    assert resolved.returncode == 0, resolved.stderr
+    assert casebridge(config, "dispatch").returncode == 0
+    assert keys(out / "test-sms.jsonl")[parked.idempotency_key] == 1
+    with engine.connect() as conn:
+        status, reason = conn.execute(
+            select(OutboxItem.status, OutboxItem.reason).where(OutboxItem.id == parked.id)
+        ).one()
+        disclosed = conn.execute(
+            select(Disclosure.recipient_kind).where(Disclosure.outbox_id == parked.id)
+        ).scalars().all()  # fmt: skip
+    assert status == "delivered" and "seen in log" in reason
+    assert disclosed == ["family"]
+
+
+def test_two_dispatchers_with_a_lease_shorter_than_a_slow_send_deliver_each_item_once(
+    db_url: str, district: Path, tmp_path: Path
+) -> None:
+    if not db_url.startswith("postgresql"):
+        pytest.skip("several workers share a database on PostgreSQL; SQLite is single-process")
+    out = tmp_path / "out"
+    overrides = {
+        "channels": [sms_channel(delay_seconds=1.5)],
+        "outbox": {"lease_seconds": 1, "batch_size": 3},
+    }
+    config = write(tmp_path / "d.yaml", raw_config_for(db_url, district, out, **overrides))
+    _, engine = evaluated(db_url, district, out, **overrides)
+    queued = len(items(engine, "family_notice"))
+    env = {**os.environ, **PLUGIN_ENV}
+    workers = [
+        subprocess.Popen(
+            [*CLI, "--config", str(config), "dispatch"],
+            cwd=ROOT,
+            env=env,
+            text=True,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        for _ in range(2)
+    ]
+    outputs = [w.communicate(timeout=300) for w in workers]
+    assert [w.returncode for w in workers] == [0, 0], outputs
+    sent = keys(out / "test-sms.jsonl")
+    assert max(sent.values()) == 1, "an SMS went out twice"
+    notices = items(engine, "family_notice")
+    assert len(notices) == queued
+    assert {i.status for i in notices} <= {"delivered", "suppressed"}, "an item was lost"
+    assert sum(sent.values()) == sum(1 for i in notices if i.status == "delivered")
+    # Both workers did part of the work: the claims really were shared.
+    assert all("to sms" in o for o, _ in outputs), outputs
+
+
+def test_a_worker_whose_lease_expired_cannot_mark(
+    db_url: str, district: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "out"
+    settings, engine = evaluated(db_url, district, out)
+    first_token, first = claim(engine, 1, 60)
+    with engine.begin() as conn:  # the first worker paused past its lease
+        conn.execute(update(OutboxItem).values(claimed_until=datetime(2000, 1, 1, tzinfo=UTC)))
+    second_token, second = claim(engine, 1, 60)
+    assert [i.id for i in second] == [i.id for i in first] and second_token != first_token
+
+    late = Dispatcher(engine, Deliverer(engine, settings), settings.outbox)
+    late.one(first[0], first_token)
+    assert late.report.lost_claims == 1 and late.report.delivered == 0
+    [item] = [i for i in items(engine) if i.id == first[0].id]
+    assert (item.status, item.claim_token) == ("pending", second_token)
+
+    owner = Dispatcher(engine, Deliverer(engine, settings), settings.outbox)
+    owner.one(second[0], second_token)
+    assert owner.report.delivered == 1
+
+
+# -- taxonomy, plugins ---------------------------------------------------------------------------
+
+
+def test_a_sink_that_raises_dead_letters_after_its_attempts_and_the_rest_is_delivered(
+    db_url: str, district: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "out"
+    first_case = 1  # a fresh database numbers cases from 1
+    overrides = {
+        "destinations": [{"name": "tracker", "kind": "test_recording", "fail_cases": [first_case]}],
+        "outbox": {"max_attempts": 3, "base_delay_seconds": 0},
+    }
+    settings, engine = evaluated(db_url, district, out, **overrides)
+    cases_with_tasks = {i.case_id for i in items(engine, "task_upsert")}
+    assert first_case in cases_with_tasks and len(cases_with_tasks) > 3
+
+    report = run_dispatch(engine, settings)
+
+    [dead] = [i for i in items(engine, "task_upsert") if i.status == "dead"]
+    assert dead.case_id == first_case and dead.attempts == 3
+    assert dead.last_error and dead.last_error.startswith("RuntimeError: SDK bug")
+    recorded = lines(out / "recorded-tasks.jsonl")
+    assert {r["task"]["case_id"] for r in recorded} == cases_with_tasks - {first_case}
+    assert report.dead == 1 and report.retried == 2
+    assert statuses(engine, "task_upsert") == Counter(
+        {"delivered": len(cases_with_tasks) - 1, "dead": 1}
+    )
+
+    listed = CliRunner().invoke(
+        main,
+        [
+            "--config",
+            str(write(tmp_path / "c.yaml", raw_config_for(db_url, district, out, **overrides))),
+            "outbox",
+            "list",
+            "--status",
+            "dead",
+        ],
+    )
+    assert listed.exit_code == 0, listed.output
+    assert "RuntimeError" in listed.output and str(dead.id) in listed.output
+
+
+def test_an_unknown_connector_kind_names_the_known_ones(tmp_path: Path) -> None:
+    raw = raw_config_for("sqlite://", tmp_path, tmp_path)
+    raw["destinations"] = [{"name": "x", "kind": "plannr"}]
+    config = write(tmp_path / "bad.yaml", raw)
+    result = CliRunner().invoke(main, ["--config", str(config), "check-config"])
+    assert result.exit_code == 2
+    assert "destinations[0].kind: unknown kind 'plannr'" in result.output
+    assert "file" in result.output and "test_recording" in result.output
+
+
+# -- send-time policy ----------------------------------------------------------------------------
+
+
+def family(root: Path) -> tuple[TinyDistrict, list[date]]:
+    d = TinyDistrict(root)
+    d.school()
+    days = d.school_days("sch-1", 80)
+    d.student("s1", "1001", guardians=("g1", "g2"), given="Ana")
+    d.guardian("g1", ("s1",), language="es", sms="(212) 555-0101", email="rosa@example.org")
+    d.guardian("g2", ("s1",), sms="(212) 555-0102", given="Luis")
+    for day in days[2:10]:
+        d.absent("1001", day)
+    d.write()
+    return d, days
+
+
+def test_an_opt_out_between_evaluation_and_dispatch_is_honoured(
+    engine: Engine, make_settings: Callable[..., Settings], tmp_path: Path
+) -> None:
+    d, days = family(tmp_path / "data")
+    settings = make_settings(d.root)
+    run_sync(engine, settings)
+    run_evaluate(engine, settings, days[40])
+    now = datetime.now(UTC)
+    with engine.begin() as conn:  # g1 texted STOP; g2 said "stop everything" on the phone
+        conn.execute(insert(ContactPreference).values(contact_id="g1", sms_opted_out_at=now))
+        conn.execute(insert(ContactPreference).values(contact_id="g2", all_opted_out_at=now))
+
+    report = run_dispatch(engine, settings)
+
+    out = settings.resolve(settings.output_dir)
+    assert lines(out / "family-sms.jsonl") == []
+    # g1 stopped texts, not email: the same notice goes by email instead.
+    assert [m["message"]["to"] for m in lines(out / "family-email.jsonl")] == ["rosa@example.org"]
+    by_contact = {i.contact_id: i for i in items(engine, "family_notice")}
+    assert (by_contact["g2"].status, by_contact["g2"].reason) == ("suppressed", "opted_out")
+    assert by_contact["g1"].status == "delivered"
+    assert report.suppressed == {"opted_out": 1}
+
+
+def test_a_message_due_in_quiet_hours_waits_for_the_window_then_goes(
+    engine: Engine, make_settings: Callable[..., Settings], tmp_path: Path
+) -> None:
+    d, days = family(tmp_path / "data")
+    window = {"sending_window": {"start": "08:00", "end": "21:00"}}
+    settings = make_settings(d.root, policy=window)
+    run_sync(engine, settings)
+    run_evaluate(engine, settings, days[40])
+    # Pinned to a night ahead of the real clock, so items queued now are already due.
+    night_day = datetime.now(CHICAGO).date() + timedelta(days=2)
+    late = datetime.combine(night_day, datetime.min.time(), tzinfo=CHICAGO).replace(hour=23)
+
+    night = dispatch(engine, Deliverer(engine, settings, clock=lambda: late), settings.outbox)
+
+    out = settings.resolve(settings.output_dir)
+    assert night.deferred == {"quiet_hours": 2} and night.delivered == 1  # the task is not held
+    assert lines(out / "family-sms.jsonl") == []
+    opening = late.replace(hour=8) + timedelta(days=1)
+    for notice in items(engine, "family_notice"):
+        assert notice.status == "pending" and notice.reason == "deferred: quiet_hours"
+        due = notice.next_attempt_at
+        assert (due if due.tzinfo else due.replace(tzinfo=UTC)) == opening
+
+    morning = opening + timedelta(minutes=1)
+    day = dispatch(engine, Deliverer(engine, settings, clock=lambda: morning), settings.outbox)
+
+    assert day.delivered == 2
+    assert sorted(m["message"]["to"] for m in lines(out / "family-sms.jsonl")) == [
+        "+12125550101",
+        "+12125550102",
+    ]
+
+
+def test_a_template_with_an_unknown_placeholder_fails_check_config(tmp_path: Path) -> None:
+    raw = raw_config_for("sqlite://", tmp_path, tmp_path)
+    raw["templates"]["family_notice"]["es"] = "{{ scool }}: recursos: {{ resources_text }}"
+    raw["templates"]["family_notice_subject"]["en"] = "Resources {% if %}"
+    config = write(tmp_path / "district.yaml", raw)
+    result = CliRunner().invoke(main, ["--config", str(config), "check-config"])
+    assert result.exit_code == 2, result.output
+    assert f"{config}: templates.family_notice.es: unknown placeholder" in result.output
+    assert "scool" in result.output
+    assert f"{config}: templates.family_notice_subject.en: template error" in result.output
+
+
+# -- what existed before, kept -------------------------------------------------------------------
 
 
 def test_a_failing_sink_is_retried_with_backoff_then_dead_lettered(
@@ -85,38 +376,25 @@ def test_a_failing_sink_is_retried_with_backoff_then_dead_lettered(
 ) -> None:
     out = tmp_path / "out"
     (out / "tasks.jsonl").mkdir(parents=True)  # the task file cannot be written: transient
-    raw = raw_config_for(
-        db_url, district, out, outbox={"max_attempts": 2, "base_delay_seconds": 60}
-    )
-    settings = parse_settings(raw, "t.yaml", district)
-    config = write_config(tmp_path / "d.yaml", db_url, district, out, outbox=raw["outbox"])
-    assert casebridge(config, "sync").returncode == 0
-    assert casebridge(config, "evaluate").returncode == 0
-    engine = open_engine(settings)
+    overrides = {"outbox": {"max_attempts": 2, "base_delay_seconds": 60}}
+    settings, engine = evaluated(db_url, district, out, **overrides)
     first = run_dispatch(engine, settings)
-    tasks = statuses(engine)
     assert first.retried > 0 and first.delivered > 0  # family messages still go out
-    assert tasks["pending"] == first.retried
-    with engine.connect() as conn:
+    assert statuses(engine, "task_upsert") == {"pending": first.retried}
+    with engine.begin() as conn:
         conn.execute(text("UPDATE outbox SET next_attempt_at = created_at"))  # make them due
-        conn.commit()
         errors = conn.execute(
             text("SELECT DISTINCT last_error FROM outbox WHERE status = 'pending'")
         )
         assert all("cannot write" in e for (e,) in errors)
     second = run_dispatch(engine, settings)
     assert second.dead == first.retried and statuses(engine)["pending"] == 0
-    with engine.connect() as conn:
-        attempts = conn.execute(text("SELECT DISTINCT attempts FROM outbox WHERE status = 'dead'"))
-        assert [a for (a,) in attempts] == [2]
+    assert {i.attempts for i in items(engine) if i.status == "dead"} == {2}
 
 
 def test_every_delivery_records_a_disclosure(db_url: str, district: Path, tmp_path: Path) -> None:
-    out = tmp_path / "out"
-    config = write_config(tmp_path / "district.yaml", db_url, district, out)
-    assert casebridge(config, "run").returncode == 0
-    settings = parse_settings(raw_config_for(db_url, district, out), "t.yaml", district)
-    engine = open_engine(settings)
+    settings, engine = evaluated(db_url, district, tmp_path / "out")
+    run_dispatch(engine, settings)
     with engine.connect() as conn:
         delivered = conn.execute(text("SELECT COUNT(*) FROM outbox WHERE status = 'delivered'"))
         disclosed = conn.execute(

@@ -1,11 +1,17 @@
-"""Family messages as JSON Lines: the SMS/email stand-in the demo and tests use."""
+"""Family messages as JSON Lines: the SMS and email stand-in the demo and tests use.
+
+Like SMS and email it has no idempotency key: a message written is a message sent, and sending
+again writes it again. The outbox therefore commits `sending` first and, after a crash, asks
+`reconcile`, which reads the file back as Twilio's message list would be read.
+"""
 
 from __future__ import annotations
 
+from datetime import datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
-from connectors.base import DeliveryResult
+from connectors.base import DeliveryResult, FamilyMessage, Idempotency, Reconciled
 from connectors.jsonl_store import JsonlStore
 from connectors.registry import register
 from service.clock import utcnow
@@ -21,17 +27,33 @@ class FileChannelSettings(ChannelSettings):
 
 
 class FileChannel:
-    def __init__(self, name: str, medium: str, path: Path) -> None:
+    idempotency: Idempotency = "none"
+
+    def __init__(self, name: str, medium: Literal["sms", "email"], path: Path) -> None:
         self.name = name
         self.medium = medium
         self.store = JsonlStore(path)
 
-    def send(self, idempotency_key: str, message: dict[str, Any]) -> DeliveryResult:
-        self.store.append(
-            idempotency_key,
-            {"medium": self.medium, "sent_at": utcnow().isoformat(), "message": message},
-        )
-        return DeliveryResult(external_id=idempotency_key)
+    def send(self, key: str, message: FamilyMessage) -> DeliveryResult:
+        record = {
+            "idempotency_key": key,
+            "medium": self.medium,
+            "sent_at": utcnow().isoformat(),
+            "message": {"to": message.to, "language": message.language, "body": message.body},
+        }
+        if message.subject is not None:
+            record["message"]["subject"] = message.subject  # type: ignore[index]
+        self.store.append(record)
+        return DeliveryResult(external_id=key)
+
+    def reconcile(self, key: str, message_to: str, since: datetime) -> Reconciled:
+        # The file is the whole truth: a key that is not in it was never written.
+        sent = [
+            r for r in self.store.find("idempotency_key", key) if r["message"]["to"] == message_to
+        ]
+        if sent:
+            return Reconciled("sent", DeliveryResult(external_id=key))
+        return Reconciled("not_sent")
 
 
 def build(settings: Settings, cfg: FileChannelSettings) -> FileChannel:

@@ -1,15 +1,18 @@
 """Case tasks as JSON Lines: the staff-tool stand-in the demo and tests use.
 
-Like a real tool, it keeps one task per case: the first revision creates it, later ones update
-it. Each line says which, and names the task by its stable id.
+It behaves like a tool that issues its own ids (Planner, Sheets): the first delivery creates a
+task and gets an id back, later revisions update that id, and `find` searches the file by our
+subject ("case-12") when casebridge has no stored link (a crash between create and mark).
 """
 
 from __future__ import annotations
 
+import uuid
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal
 
-from connectors.base import DeliveryResult
+from connectors.base import DeliveryResult, Idempotency, Link, Reconciled
 from connectors.jsonl_store import JsonlStore
 from connectors.registry import register
 from service.clock import utcnow
@@ -24,18 +27,45 @@ class FileDestinationSettings(DestinationSettings):
 
 
 class FileTaskDestination:
+    idempotency: Idempotency = "stored_link"
+
     def __init__(self, name: str, path: Path) -> None:
         self.name = name
         self.store = JsonlStore(path)
 
-    def upsert_task(self, idempotency_key: str, task: dict[str, Any]) -> DeliveryResult:
-        task_id = str(task["task_id"])
-        op = "create" if task.get("revision") == 1 else "update"
+    def upsert_task(
+        self, key: str, subject: str, task: dict[str, Any], link: Link | None
+    ) -> DeliveryResult:
+        if link is None:
+            op, external_id, version = "create", f"T-{uuid.uuid4().hex[:12]}", 1
+        else:
+            op, external_id, version = "update", link.external_id, int(link.version or 0) + 1
         self.store.append(
-            idempotency_key,
-            {"op": op, "task_id": task_id, "written_at": utcnow().isoformat(), "task": task},
+            {
+                "idempotency_key": key,
+                "op": op,
+                "task_id": external_id,
+                "subject": subject,
+                "version": version,
+                "written_at": utcnow().isoformat(),
+                "task": task,
+            }
         )
-        return DeliveryResult(external_id=task_id, detail={"op": op})
+        return DeliveryResult(external_id=external_id, version=str(version), detail={"op": op})
+
+    def find(self, subject: str) -> Link | None:
+        found = self.store.find("subject", subject)
+        if not found:
+            return None
+        last = found[-1]
+        return Link(str(last["task_id"]), str(last["version"]))
+
+    def reconcile(self, key: str, subject: str, since: datetime) -> Reconciled:
+        found = self.store.find("idempotency_key", key)
+        if not found:
+            return Reconciled("not_sent")
+        last = found[-1]
+        return Reconciled("sent", DeliveryResult(str(last["task_id"]), str(last["version"])))
 
 
 def build(settings: Settings, cfg: FileDestinationSettings) -> FileTaskDestination:

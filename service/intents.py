@@ -1,0 +1,64 @@
+"""Outbox intents and their idempotency keys, built in one place.
+
+An intent says what should happen, not how it reads: the staff task and the family message are
+rendered from the data as it is when a worker sends them. A key is deterministic from what
+caused the item, so the same change enqueued twice (a re-run, a retry) is one item.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+TASK_UPSERT = "task_upsert"
+FAMILY_NOTICE = "family_notice"
+# Family notices pick their channel when sent (the first the contact can use then).
+FAMILY_TARGET = "family"
+
+
+def case_subject(case_id: int) -> str:
+    """How a case is named in a staff tool and in `delivery_links`."""
+    return f"case-{case_id}"
+
+
+def task_key(destination: str, case_id: int, revision: int) -> str:
+    return f"task:{destination}:case-{case_id}:rev-{revision}"
+
+
+def notice_key(case_id: int, revision: int, contact_id: str) -> str:
+    return f"notice:case-{case_id}:rev-{revision}:contact-{contact_id}"
+
+
+def task_upserts(
+    destinations: Iterable[str], case_id: int, student_id: str, revision: int
+) -> list[dict[str, Any]]:
+    """Bring each destination's task for the case up to `revision`."""
+    return [
+        {
+            "idempotency_key": task_key(name, case_id, revision),
+            "kind": TASK_UPSERT,
+            "target": name,
+            "case_id": case_id,
+            "student_id": student_id,
+            "payload": {"case_id": case_id, "revision": revision},
+        }
+        for name in destinations
+    ]
+
+
+def family_notices(
+    case_id: int, student_id: str, revision: int, contact_ids: Iterable[str], categories: list[str]
+) -> list[dict[str, Any]]:
+    """Tell each guardian about resources in `categories` (never why)."""
+    return [
+        {
+            "idempotency_key": notice_key(case_id, revision, contact_id),
+            "kind": FAMILY_NOTICE,
+            "target": FAMILY_TARGET,
+            "case_id": case_id,
+            "student_id": student_id,
+            "contact_id": contact_id,
+            "payload": {"categories": sorted(categories)},
+        }
+        for contact_id in contact_ids
+    ]

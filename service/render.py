@@ -1,0 +1,131 @@
+"""Family message text, rendered when the message is sent, in Jinja2's sandbox.
+
+Templates are district-written configuration: the sandbox keeps them from reaching Python
+internals, and `StrictUndefined` turns a misspelled placeholder into an error. Every template is
+rendered for every configured language with a complete sample context when the configuration
+loads, so a typo fails `casebridge check-config` (file, key, language), never a nightly send.
+
+FERPA: the context holds the school, the district, the student's first name and the resources.
+It has no reason, no indicator and no grade, so no template can leak one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any
+
+from jinja2 import StrictUndefined, TemplateError, UndefinedError
+from jinja2.sandbox import SandboxedEnvironment
+
+from service.config import ResourceConfig, Settings, TemplateConfig
+from service.errors import ConfigProblem, PermanentError
+
+_ENV = SandboxedEnvironment(
+    undefined=StrictUndefined, autoescape=False, keep_trailing_newline=False
+)
+
+SAMPLE_RESOURCES = [
+    ResourceConfig(
+        id="sample", category="basic-needs", name="Sample Food Pantry", phone="+15550100100",
+        url="https://example.org", description={"en": "free groceries"},
+    )
+]  # fmt: skip
+
+
+@dataclass(frozen=True)
+class RenderedMessage:
+    language: str
+    body: str
+    subject: str | None  # email only
+
+
+@lru_cache(maxsize=256)
+def _compile(source: str) -> Any:
+    return _ENV.from_string(source)
+
+
+def _pick(texts: dict[str, str], language: str) -> tuple[str, str]:
+    if language in texts:
+        return language, texts[language]
+    return "en", texts.get("en") or next(iter(texts.values()), "")
+
+
+def resource_context(
+    resources: list[ResourceConfig], language: str, medium: str
+) -> tuple[list[dict[str, str]], str]:
+    """Each resource for templates, and the default one-line-each text of them."""
+    items: list[dict[str, str]] = []
+    lines: list[str] = []
+    for r in resources:
+        desc = r.description.get(language) or r.description.get("en") or ""
+        items.append({"name": r.name, "description": desc, "phone": r.phone, "url": r.url})
+        parts = [r.name] + [p for p in (desc, r.phone) if p]
+        if r.url and medium == "email":
+            parts.append(r.url)
+        lines.append(" - ".join(parts))
+    return items, ("\n" if medium == "email" else "; ").join(lines)
+
+
+def render_family_notice(
+    templates: TemplateConfig,
+    district: str,
+    language: str,
+    medium: str,
+    resources: list[ResourceConfig],
+    student_first_name: str,
+    school_name: str,
+) -> RenderedMessage:
+    """The message in the family's language (English when the district wrote none)."""
+    lang, source = _pick(templates.family_notice, language)
+    items, text = resource_context(resources, lang, medium)
+    context = {
+        "district": district,
+        "school": school_name,
+        "student_first_name": student_first_name,
+        "resources": items,
+        "resources_text": text,
+        "medium": medium,
+        "language": lang,
+    }
+    try:
+        body = _compile(source).render(context).strip()
+        subject = None
+        if medium == "email":
+            _, subject_source = _pick(templates.family_notice_subject, lang)
+            subject = _compile(subject_source).render(context).strip()
+    except TemplateError as exc:  # check-config renders every template; this is a last guard
+        raise PermanentError(f"template family_notice.{lang}: {exc}") from exc
+    return RenderedMessage(lang, body, subject)
+
+
+def check_templates(settings: Settings) -> list[ConfigProblem]:
+    """Render every template in every language, both media, with a complete sample context."""
+    templates = settings.templates
+    if templates is None:
+        return []
+    problems: list[ConfigProblem] = []
+    for key in ("family_notice", "family_notice_subject"):
+        texts: dict[str, str] = getattr(templates, key)
+        for language, source in texts.items():
+            where = f"templates.{key}.{language}"
+            try:
+                template = _ENV.from_string(source)
+                for medium in ("sms", "email"):
+                    items, text = resource_context(SAMPLE_RESOURCES, language, medium)
+                    template.render(
+                        district=settings.district.name, school="Sample School",
+                        student_first_name="Sam", resources=items, resources_text=text,
+                        medium=medium, language=language,
+                    )  # fmt: skip
+            except UndefinedError as exc:
+                problems.append(
+                    ConfigProblem(settings.source_file, where, f"unknown placeholder: {exc}")
+                )
+            except TemplateError as exc:
+                line = getattr(exc, "lineno", None)
+                at = f" (line {line})" if line else ""
+                problems.append(
+                    ConfigProblem(settings.source_file, where, f"template error{at}: {exc}")
+                )
+    return problems

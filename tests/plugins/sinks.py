@@ -1,0 +1,110 @@
+"""Test-only connector kinds, registered the way a third-party plugin would be.
+
+Imported in-process by tests, or named in $CASEBRIDGE_PLUGINS for a CLI subprocess. The core
+does not know these kinds exist: that is what the tests prove.
+
+- `test_recording` (destination, provider key): records tasks; raises RuntimeError for listed
+  cases, like a buggy SDK would.
+- `test_sms` (channel, no idempotency): like the file channel, but can be slow, can kill its own
+  process once around the write (a power cut mid-send), and can be unable to tell after a crash.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Literal
+
+from connectors.base import DeliveryResult, FamilyMessage, Idempotency, Link, Reconciled
+from connectors.channels.file import FileChannel
+from connectors.jsonl_store import JsonlStore
+from connectors.registry import register
+from service.config import ChannelSettings, DestinationSettings, Settings
+
+
+class RecordingSettings(DestinationSettings):
+    """Records tasks in a file; fails for some cases."""
+
+    kind: Literal["test_recording"]
+    path: str = "recorded-tasks.jsonl"
+    fail_cases: list[int] = []
+
+
+class RecordingDestination:
+    idempotency: Idempotency = "provider_key"
+
+    def __init__(self, name: str, path: Path, fail_cases: list[int]) -> None:
+        self.name = name
+        self.store = JsonlStore(path)
+        self.fail_cases = set(fail_cases)
+
+    def upsert_task(
+        self, key: str, subject: str, task: dict[str, Any], link: Link | None
+    ) -> DeliveryResult:
+        if task["case_id"] in self.fail_cases:
+            raise RuntimeError(f"SDK bug on {subject}")
+        if not self.store.find("idempotency_key", key):  # the provider honours our key
+            self.store.append({"idempotency_key": key, "subject": subject, "task": task})
+        return DeliveryResult(external_id=subject)
+
+    def find(self, subject: str) -> Link | None:
+        return None
+
+    def reconcile(self, key: str, subject: str, since: datetime) -> Reconciled:
+        return Reconciled("unknown")
+
+
+def build_recording(settings: Settings, cfg: RecordingSettings) -> RecordingDestination:
+    path = settings.resolve(settings.output_dir) / cfg.path
+    return RecordingDestination(cfg.name, path, cfg.fail_cases)
+
+
+class FlakySmsSettings(ChannelSettings):
+    """An SMS stand-in that can be slow, crash mid-send, or forget."""
+
+    kind: Literal["test_sms"]
+    path: str = "test-sms.jsonl"
+    delay_seconds: float = 0.0
+    # Kill this process once (the marker file remembers) just before or just after the write.
+    crash: Literal["before_write", "after_write"] | None = None
+    crash_marker: str | None = None
+    # After a crash, say "cannot tell" instead of reading the file back.
+    reconcile_unknown: bool = False
+
+
+class FlakySmsChannel(FileChannel):
+    def __init__(self, cfg: FlakySmsSettings, path: Path, marker: Path | None) -> None:
+        super().__init__(cfg.name, "sms", path)
+        self.cfg = cfg
+        self.marker = marker
+
+    def _maybe_crash(self, point: str) -> None:
+        if self.cfg.crash == point and self.marker and not self.marker.exists():
+            self.marker.write_text(point)
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    def send(self, key: str, message: FamilyMessage) -> DeliveryResult:
+        if self.cfg.delay_seconds:
+            time.sleep(self.cfg.delay_seconds)
+        self._maybe_crash("before_write")
+        result = super().send(key, message)
+        self._maybe_crash("after_write")
+        return result
+
+    def reconcile(self, key: str, message_to: str, since: datetime) -> Reconciled:
+        if self.cfg.reconcile_unknown:
+            return Reconciled("unknown", detail="the provider cannot say")
+        return super().reconcile(key, message_to, since)
+
+
+def build_sms(settings: Settings, cfg: FlakySmsSettings) -> FlakySmsChannel:
+    out = settings.resolve(settings.output_dir)
+    marker = out / cfg.crash_marker if cfg.crash_marker else None
+    return FlakySmsChannel(cfg, out / cfg.path, marker)
+
+
+register("destination", "test_recording", RecordingSettings, build_recording)
+register("channel", "test_sms", FlakySmsSettings, build_sms)
