@@ -45,6 +45,8 @@ class ConnectorKind:
     # (settings, config) -> the connector; sources return a `connectors.base.BuiltSource`.
     factory: Callable[[Any, Any], Any]
     summary: str
+    # Destinations and channels: "provider_key", "stored_link" or "none" (connectors/base.py).
+    idempotency: str | None = None
 
 
 _KINDS: dict[Role, dict[str, ConnectorKind]] = {"source": {}, "destination": {}, "channel": {}}
@@ -52,14 +54,20 @@ _loaded = False
 
 
 def register(
-    role: Role, kind: str, config: type[BaseModel], factory: Callable[[Any, Any], Any]
+    role: Role,
+    kind: str,
+    config: type[BaseModel],
+    factory: Callable[[Any, Any], Any],
+    idempotency: str | None = None,
 ) -> None:
     """Make `kind` usable in the configuration's `sources`, `destinations` or `channels`."""
     known = _KINDS[role].get(kind)
     if known is not None and known.config is not config:
         raise ValueError(f"{role} kind {kind!r} is already registered by {known.config.__module__}")
     summary = (config.__doc__ or "").strip().splitlines()[0] if config.__doc__ else ""
-    _KINDS[role][kind] = ConnectorKind(role, kind, config, factory, summary)
+    if role != "source" and idempotency not in ("provider_key", "stored_link", "none"):
+        raise ValueError(f"{role} kind {kind!r} must declare its idempotency")
+    _KINDS[role][kind] = ConnectorKind(role, kind, config, factory, summary, idempotency)
 
 
 def _load() -> None:

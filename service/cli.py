@@ -253,6 +253,30 @@ def scheduler(ctx: click.Context) -> None:
     run_scheduler(_settings(ctx))
 
 
+@main.command("connectors")
+def connectors_cmd() -> None:
+    """Every source, destination and channel kind this installation knows, with its keys."""
+    from connectors.registry import kinds
+
+    for role in ("source", "destination", "channel"):
+        table = Table(title=f"{role} kinds")
+        table.add_column("kind")
+        table.add_column("what it is")
+        table.add_column("config keys (* required)")
+        if role != "source":
+            table.add_column("idempotency")
+        table.add_column("module")
+        for name, k in sorted(kinds(role).items()):
+            fields = [
+                f"{key}{'*' if info.is_required() else ''}"
+                for key, info in k.config.model_fields.items()
+                if key not in ("kind",)
+            ]
+            extra = [k.idempotency or ""] if role != "source" else []
+            table.add_row(name, k.summary, ", ".join(fields), *extra, k.config.__module__)
+        console.print(table)
+
+
 @main.group("outbox")
 def outbox_group() -> None:
     """Look at outbox items and resolve the ones that need a person."""

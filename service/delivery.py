@@ -280,10 +280,14 @@ class Deliverer:
             "updated_at": now,
         }
         where = and_(DeliveryLink.target == item.target, DeliveryLink.subject == subject)
-        changed = conn.execute(update(DeliveryLink).where(where).values(**values)).rowcount
-        if not changed:
+        known = conn.execute(select(DeliveryLink.last_revision).where(where)).scalar()
+        if known is None:
             conn.execute(
                 insert(DeliveryLink).values(
                     target=item.target, subject=subject, case_id=item.case_id, **values
                 )
             )
+        else:
+            # An older revision finishing late keeps the id fresh but never moves us back.
+            values["last_revision"] = max(known, revision)
+            conn.execute(update(DeliveryLink).where(where).values(**values))

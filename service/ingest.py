@@ -359,6 +359,15 @@ class Importer:
                 bad_chunks.add(digest)
                 quarantine(conn, source, stream.name, raw, exc.reason, exc.detail)
                 continue
+            except Exception as exc:
+                # A mapping that is not total (a KeyError on a record shape nobody expected):
+                # that record is quarantined with the error, never the whole source stopped.
+                reason = "mapping_error"
+                stats.quarantined[reason] += 1
+                bad_chunks.add(digest)
+                detail = f"{type(exc).__name__}: {exc}"
+                quarantine(conn, source, stream.name, raw, reason, detail)
+                continue
             if not mapped:
                 stats.ignored += 1
             for table_name, values in mapped:

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+from datetime import datetime
+
 import structlog
-from sqlalchemy import Engine, text
+from sqlalchemy import Engine, insert, text
 
 from connectors.base import BuiltSource
 from connectors.registry import lookup
+from service.clock import utcnow
 from service.config import Settings, SourceSettings
 from service.errors import CasebridgeError
 from service.ingest import Importer, ProgressFn, SyncReport
+from service.models import SyncRun
 
 log = structlog.get_logger(__name__)
 
@@ -32,6 +36,7 @@ def sync_sources(
     for cfg in settings.sources:
         if only and cfg.name != only:
             continue
+        started = utcnow()
         try:
             built = build_source(settings, cfg)
             importer = Importer(
@@ -43,7 +48,29 @@ def sync_sources(
         except CasebridgeError as exc:
             log.error("sync.source_failed", source=cfg.name, error=str(exc))
             reports.append(SyncReport(cfg.name, error=str(exc)))
+            _record_failure(engine, cfg.name, started, str(exc), dry_run)
+        except Exception as exc:
+            # Outside the taxonomy (a client bug, a KeyError in a mapping): this source's run
+            # failed and says why; the other sources still run.
+            error = f"unexpected {type(exc).__name__}: {exc}"
+            log.error("sync.source_crashed", source=cfg.name, error=type(exc).__name__)
+            reports.append(SyncReport(cfg.name, error=error))
+            _record_failure(engine, cfg.name, started, error, dry_run)
     return reports
+
+
+def _record_failure(
+    engine: Engine, source: str, started: datetime, error: str, dry_run: bool
+) -> None:
+    if dry_run:
+        return
+    with engine.begin() as conn:
+        conn.execute(
+            insert(SyncRun).values(
+                source=source, started_at=started, finished_at=utcnow(),
+                stats={"error": error[:2000]},
+            )
+        )  # fmt: skip
 
 
 def place_students(engine: Engine, source: str) -> None:

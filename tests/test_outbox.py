@@ -1,7 +1,7 @@
 """The outbox: a crash at any point loses nothing and duplicates nothing a person would see.
 
 Crashes are real (a dispatcher subprocess killed with SIGKILL by a sink, a lease that runs out),
-sinks are test-only connector kinds registered like third-party plugins (`tests/plugins/sinks.py`),
+sinks are test-only connector kinds registered like third-party plugins (`tests/plugins/kinds.py`),
 and every assertion is about what reached the family's phone or the staff tool.
 """
 
@@ -24,7 +24,7 @@ import yaml
 from click.testing import CliRunner
 from sqlalchemy import Engine, insert, select, text, update
 
-import tests.plugins.sinks  # noqa: F401  (registers the test-only kinds in this process)
+import tests.plugins.kinds  # noqa: F401  (registers the test-only kinds in this process)
 from service.cli import main
 from service.config import Settings, parse_settings
 from service.delivery import Deliverer
@@ -36,7 +36,7 @@ from tests.conftest import ROOT, raw_config_for
 from tools.synthetic import generate_district
 
 CLI = [sys.executable, "-m", "service.cli"]
-PLUGIN_ENV = {"CASEBRIDGE_PLUGINS": "tests.plugins.sinks", "PYTHONPATH": str(ROOT)}
+PLUGIN_ENV = {"CASEBRIDGE_PLUGINS": "tests.plugins.kinds", "PYTHONPATH": str(ROOT)}
 CHICAGO = ZoneInfo("America/Chicago")
 
 

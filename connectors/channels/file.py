@@ -60,4 +60,4 @@ def build(settings: Settings, cfg: FileChannelSettings) -> FileChannel:
     return FileChannel(cfg.name, cfg.medium, settings.resolve(settings.output_dir) / cfg.path)
 
 
-register("channel", "file", FileChannelSettings, build)
+register("channel", "file", FileChannelSettings, build, FileChannel.idempotency)

@@ -72,4 +72,4 @@ def build(settings: Settings, cfg: FileDestinationSettings) -> FileTaskDestinati
     return FileTaskDestination(cfg.name, settings.resolve(settings.output_dir) / cfg.path)
 
 
-register("destination", "file", FileDestinationSettings, build)
+register("destination", "file", FileDestinationSettings, build, FileTaskDestination.idempotency)

@@ -5,6 +5,7 @@ does not know these kinds exist: that is what the tests prove.
 
 - `test_recording` (destination, provider key): records tasks; raises RuntimeError for listed
   cases, like a buggy SDK would.
+- `test_crashing` (source): raises an error outside the taxonomy, like a buggy client.
 - `test_sms` (channel, no idempotency): like the file channel, but can be slow, can kill its own
   process once around the write (a power cut mid-send), and can be unable to tell after a crash.
 """
@@ -14,15 +15,27 @@ from __future__ import annotations
 import os
 import signal
 import time
+from collections.abc import Iterator, Mapping
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal
 
-from connectors.base import DeliveryResult, FamilyMessage, Idempotency, Link, Reconciled
+from connectors.base import (
+    BuiltSource,
+    Chunk,
+    DeliveryResult,
+    FamilyMessage,
+    Idempotency,
+    Link,
+    RawRow,
+    Reconciled,
+    Stream,
+)
 from connectors.channels.file import FileChannel
 from connectors.jsonl_store import JsonlStore
 from connectors.registry import register
-from service.config import ChannelSettings, DestinationSettings, Settings
+from mappings.spec import EntityMapping, Lookups, Mapped
+from service.config import ChannelSettings, DestinationSettings, Settings, SourceSettings
 
 
 class RecordingSettings(DestinationSettings):
@@ -106,5 +119,53 @@ def build_sms(settings: Settings, cfg: FlakySmsSettings) -> FlakySmsChannel:
     return FlakySmsChannel(cfg, out / cfg.path, marker)
 
 
-register("destination", "test_recording", RecordingSettings, build_recording)
-register("channel", "test_sms", FlakySmsSettings, build_sms)
+class CrashingSourceSettings(SourceSettings):
+    """A source whose client (or mapping) has a bug."""
+
+    kind: Literal["test_crashing"]
+    # "client": listing streams raises; "mapping": one of three records breaks its mapping.
+    fail_in: Literal["client", "mapping"] = "client"
+
+
+ORGS = [
+    {"sourcedId": "org-a", "status": "active", "name": "Alpha School", "type": "school"},
+    {"sourcedId": "org-b", "status": "active", "nme": "a record of a shape nobody expected"},
+    {"sourcedId": "org-c", "status": "active", "name": "Gamma School", "type": "school"},
+]
+
+
+class CrashingSource:
+    places_students = False
+
+    def __init__(self, cfg: CrashingSourceSettings) -> None:
+        self.name = cfg.name
+        self.cfg = cfg
+
+    def streams(self, saved: Mapping[str, str]) -> list[Stream]:
+        if self.cfg.fail_in == "client":
+            raise KeyError("studentUniqueId")
+        return [Stream("orgs", "delta", "orgs", resumable=True)]
+
+    def read(self, stream: Stream, known_chunks: set[int], cursor: str | None) -> Iterator[Chunk]:
+        rows = [RawRow(f"orgs#{i}", dict(r)) for i, r in enumerate(ORGS)]
+        yield Chunk(digest=1, row_count=len(rows), rows=rows, cursor="done")
+
+
+def not_total(row: dict[str, Any], lookups: Lookups) -> Mapped:
+    return [("schools", {"school_id": row["sourcedId"], "name": row["name"], "active": True})]
+
+
+def build_crashing(settings: Settings, cfg: CrashingSourceSettings) -> BuiltSource:
+    mapping = EntityMapping("orgs", "orgs", ("schools",), frozenset(), frozenset(), not_total)
+    return BuiltSource(CrashingSource(cfg), {"orgs": mapping}, b"")
+
+
+register("source", "test_crashing", CrashingSourceSettings, build_crashing)
+register(
+    "destination",
+    "test_recording",
+    RecordingSettings,
+    build_recording,
+    RecordingDestination.idempotency,
+)
+register("channel", "test_sms", FlakySmsSettings, build_sms, "none")
