@@ -19,6 +19,9 @@ from service.errors import TransientError
 class JsonlStore:
     def __init__(self, path: Path) -> None:
         self.path = path
+        # field -> value -> records; read from the file once, kept current by `append`
+        # (a nightly run looks up thousands of keys: re-reading the file each time is quadratic).
+        self._index: dict[str, dict[Any, list[dict[str, Any]]]] = {}
 
     def records(self) -> Iterator[dict[str, Any]]:
         if not self.path.is_file():
@@ -36,7 +39,13 @@ class JsonlStore:
                     yield record
 
     def find(self, field: str, value: Any) -> list[dict[str, Any]]:
-        return [r for r in self.records() if r.get(field) == value]
+        index = self._index.get(field)
+        if index is None:
+            index = {}
+            for record in self.records():
+                index.setdefault(record.get(field), []).append(record)
+            self._index[field] = index
+        return list(index.get(value, ()))
 
     def append(self, record: dict[str, Any]) -> None:
         line = json.dumps(record, ensure_ascii=False, default=str)
@@ -49,3 +58,5 @@ class JsonlStore:
         except OSError as exc:
             # A full disk or a permission fixed by IT: the outbox retries with backoff.
             raise TransientError(f"cannot write {self.path}: {exc.strerror or exc}") from exc
+        for field, index in self._index.items():
+            index.setdefault(record.get(field), []).append(record)
