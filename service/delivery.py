@@ -214,6 +214,8 @@ class Deliverer:
         if item.kind == TASK_UPSERT:
             destination = self._destination(item.target)
             subject = record.get("subject") or case_subject(int(item.payload["case_id"]))
+            if destination.idempotency == "provider_key":  # the tool drops a repeat of our key
+                return Reconciled("not_sent", detail="the provider deduplicates by key")
             if destination.idempotency == "stored_link":
                 found = destination.find(subject)
                 if found is None:
@@ -223,6 +225,8 @@ class Deliverer:
         channel = self.channels.get(record.get("channel") or item.target)
         if channel is None:
             return Reconciled("unknown", detail=f"channel {item.target!r} is not configured")
+        if channel.idempotency == "provider_key":
+            return Reconciled("not_sent", detail="the provider deduplicates by key")
         return channel.reconcile(item.idempotency_key, str(record.get("to")), since)
 
     # -- what follows a delivery, in the delivered mark's transaction ---------------------------

@@ -229,12 +229,15 @@ class Dispatcher:
                         on_item()
 
     def one(self, item: OutboxItem, token: str) -> None:
+        # Whether the item sits in `sending` (the target may have it) when an error strikes,
+        # and whether the error came from asking the target about an earlier attempt.
         sending = item.status == "sending"
+        reconciling = sending
         try:
-            if sending:
+            if reconciling:
                 if not self._reconcile(item, token):
                     return
-                sending = False
+                sending = reconciling = False
             plan = self.deliverer.plan(item)
             if isinstance(plan, Skip):
                 self._settle(item, token, {"status": plan.status, "reason": plan.reason})
@@ -260,10 +263,15 @@ class Dispatcher:
         except OutcomeUnknown as exc:
             self._uncertain(item, token, str(exc))
         except TransientError as exc:
-            # By contract a transient error means the call did not take effect.
-            self._failed(item, token, str(exc), exc.retry_after)
+            if reconciling:  # we still don't know whether it went out: ask again later
+                self._uncertain(item, token, f"reconcile: {exc}")
+            else:  # by contract, a transient error means the call did not take effect
+                self._failed(item, token, str(exc), exc.retry_after)
         except PermanentError as exc:
-            self._failed(item, token, str(exc), None, permanent=True)
+            if reconciling:  # it may have gone out: a person decides, never a blind resend
+                self._park(item, token, f"reconcile: {exc}")
+            else:
+                self._failed(item, token, str(exc), None, permanent=True)
         except Exception as exc:
             # Outside the taxonomy: a failed attempt, never a stalled batch or a held lease.
             message = f"{type(exc).__name__}: {exc}"
@@ -301,12 +309,7 @@ class Dispatcher:
             self._delivered(item, token, item.target, item.result or {}, result)
             return False
         if verdict.outcome == "unknown":
-            self._settle(
-                item, token,
-                {"status": "needs_review", "reason": f"reconcile: {verdict.detail or 'unknown'}"},
-            )  # fmt: skip
-            self.report.needs_review += 1
-            log.warning("outbox.needs_review", item=item.id, target=item.target)
+            self._park(item, token, f"reconcile: {verdict.detail or 'unknown'}")
             return False
         with self.engine.begin() as conn:
             ok = _mark(
@@ -319,6 +322,12 @@ class Dispatcher:
             return False
         item.status = "pending"
         return True
+
+    def _park(self, item: OutboxItem, token: str, reason: str) -> None:
+        """Whether it went out cannot be known: a person settles it (`outbox resolve`)."""
+        self._settle(item, token, {"status": "needs_review", "reason": reason[:255]})
+        self.report.needs_review += 1
+        log.warning("outbox.needs_review", item=item.id, target=item.target)
 
     def _delivered(
         self,

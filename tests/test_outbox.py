@@ -136,6 +136,36 @@ def test_a_worker_killed_mid_send_to_a_non_idempotent_channel_never_sends_twice(
     assert reconciled.reason is None or "not sent" in (reconciled.reason or "")
 
 
+def test_a_provider_that_cannot_answer_after_a_crash_is_asked_again_never_resent(
+    db_url: str, district: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "out"
+    channel = sms_channel(crash="after_write", crash_marker="crashed")
+    overrides = {"channels": [channel], "outbox": {"lease_seconds": 1, "base_delay_seconds": 0}}
+    config = write(tmp_path / "d.yaml", raw_config_for(db_url, district, out, **overrides))
+    _, engine = evaluated(db_url, district, out, **overrides)
+    assert casebridge(config, "dispatch").returncode == -9
+    [left] = [i for i in items(engine) if i.status == "sending"]
+    time.sleep(1.2)
+
+    down = {**overrides, "channels": [{**channel, "reconcile_down": True}]}
+    settings = parse_settings(raw_config_for(db_url, district, out, **down), "t", district)
+    first = run_dispatch(engine, settings)
+
+    [still] = [i for i in items(engine) if i.id == left.id]
+    assert still.status in ("sending", "needs_review")  # never back to pending
+    assert "reconcile: message list answered 503" in (still.last_error or still.reason or "")
+    assert keys(out / "test-sms.jsonl")[left.idempotency_key] == 1
+    assert first.delivered > 0  # the rest of the batch went out
+    if still.status == "sending":
+        with engine.begin() as conn:
+            conn.execute(text("UPDATE outbox SET next_attempt_at = created_at"))
+        assert casebridge(config, "dispatch").returncode == 0
+        [done] = [i for i in items(engine) if i.id == left.id]
+        assert done.status == "delivered"
+    assert max(keys(out / "test-sms.jsonl").values()) == 1
+
+
 def test_an_unknowable_outcome_waits_for_a_person_then_resolves(
     db_url: str, district: Path, tmp_path: Path
 ) -> None:

@@ -36,6 +36,7 @@ from connectors.jsonl_store import JsonlStore
 from connectors.registry import register
 from mappings.spec import EntityMapping, Lookups, Mapped
 from service.config import ChannelSettings, DestinationSettings, Settings, SourceSettings
+from service.errors import TransientError
 
 
 class RecordingSettings(DestinationSettings):
@@ -86,6 +87,8 @@ class FlakySmsSettings(ChannelSettings):
     crash_marker: str | None = None
     # After a crash, say "cannot tell" instead of reading the file back.
     reconcile_unknown: bool = False
+    # After a crash, the provider's message list is down (a 503 on the list call).
+    reconcile_down: bool = False
 
 
 class FlakySmsChannel(FileChannel):
@@ -110,6 +113,8 @@ class FlakySmsChannel(FileChannel):
     def reconcile(self, key: str, message_to: str, since: datetime) -> Reconciled:
         if self.cfg.reconcile_unknown:
             return Reconciled("unknown", detail="the provider cannot say")
+        if self.cfg.reconcile_down:
+            raise TransientError("message list answered 503")
         return super().reconcile(key, message_to, since)
 
 
