@@ -3,8 +3,9 @@
 One open case per student (the database enforces it). A new reason joins the open case. A case
 whose reasons stopped firing closes after `cases.recovery_days`; a student who relapses within
 `cases.cooldown_days` of a close gets the same case back instead of a new one, so a student
-hovering at a threshold does not flap. Each change writes the staff task (and, for new resources,
-the family notice) to the outbox in the same transaction.
+hovering at a threshold does not flap. Each change writes its outbox intents (bring the staff task
+to the new revision; for new resource categories, tell each guardian) in the same transaction;
+they are rendered and checked against policy when sent (`service/delivery.py`).
 """
 
 from __future__ import annotations
