@@ -234,6 +234,24 @@ def test_run_twice_delivers_once(tmp_path: Path, db_url: str) -> None:
 # -- db upgrade / generate ----------------------------------------------------------------------
 
 
+def test_commands_never_migrate_and_say_how_to_when_the_database_is_behind(
+    tmp_path: Path,
+) -> None:
+    raw = copy.deepcopy(example_config())
+    raw["database"]["url"] = f"sqlite:///{tmp_path / 'new.db'}"
+    config = write_config(tmp_path / "district.yaml", raw)
+    for command in (["sync"], ["evaluate"], ["dispatch"], ["outbox", "list"]):
+        result = invoke("--config", str(config), *command)
+        assert result.exit_code == 2, (command, result.output)
+        assert "Run `casebridge db upgrade` first" in one_line(result.output)
+    db.upgrade(f"sqlite:///{tmp_path / 'new.db'}", "0002")  # a release behind
+    result = invoke("--config", str(config), "sync")
+    assert result.exit_code == 2
+    assert "at revision 0002" in one_line(result.output)
+    assert invoke("--config", str(config), "db", "upgrade").exit_code == 0
+    assert invoke("--config", str(config), "outbox", "list").exit_code == 0
+
+
 def test_db_upgrade_twice_is_harmless(tmp_path: Path, db_url: str) -> None:
     raw = copy.deepcopy(example_config())
     raw["database"]["url"] = db_url
