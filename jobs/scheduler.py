@@ -1,62 +1,188 @@
-"""The scheduler process. Exactly one may run per database: APScheduler 3 cannot share a job
-store, so on PostgreSQL the process that holds an advisory lock schedules and others stand by."""
+"""The scheduler role: exactly one leader fires the schedules; others stand by.
+
+APScheduler 3 cannot share a job store between processes, so on PostgreSQL the scheduler that
+holds an advisory lock (on a connection it keeps for that alone) leads, and the others try again
+every `standby_poll_seconds`. A dead leader's connection closes and its lock with it, so a standby
+takes over within seconds. Before every run the leader checks that its lock connection is alive.
+
+Each cron firing is recorded in `job_runs` under its *slot* (the scheduled time) with a unique key,
+so no slot runs twice, whoever fires it; a new leader runs the latest slot the old one missed
+(once: runs coalesce). SQLite deployments are one process by design: that process leads.
+"""
 
 from __future__ import annotations
 
-import time
+import os
+import socket
+import threading
+from collections.abc import Callable
+from datetime import datetime, timedelta
+from typing import Any
 
 import structlog
 from apscheduler.schedulers.blocking import BlockingScheduler
-from apscheduler.triggers.cron import CronTrigger
-from sqlalchemy import Connection, Engine, text
+from sqlalchemy import Connection, Engine, insert, text, update
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from jobs.tasks import dispatch_job, nightly_job
-from service.config import Settings
+from service.clock import utcnow
+from service.config import Settings, cron_trigger
+from service.models import JobRun, SchedulerHeartbeat
 from service.pipeline import open_engine
 
 log = structlog.get_logger(__name__)
 LOCK_ID = 0x43415345  # "CASE"
+HOLDER = f"{socket.gethostname()}:{os.getpid()}"
+CATCH_UP = timedelta(hours=6)  # a slot missed longer ago than this is left missed
 
 
-def hold_leadership(engine: Engine) -> Connection | None:
-    """On PostgreSQL, block until this process holds the scheduler lock; keep the connection."""
-    if engine.dialect.name != "postgresql":
-        return None  # SQLite deployments are single-process by design
-    conn = engine.connect()
-    while not conn.execute(text("SELECT pg_try_advisory_lock(:k)"), {"k": LOCK_ID}).scalar():
-        conn.rollback()
-        log.info("scheduler.standby")
-        time.sleep(30)
-    return conn
+class Leadership:
+    """The advisory lock on a dedicated connection (PostgreSQL), or nothing to win (SQLite)."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self.conn: Connection | None = None
+
+    def try_acquire(self) -> bool:
+        if self.engine.dialect.name != "postgresql":
+            return True
+        if self.conn is None:
+            self.conn = self.engine.connect().execution_options(isolation_level="AUTOCOMMIT")
+        held = self.conn.execute(text("SELECT pg_try_advisory_lock(:k)"), {"k": LOCK_ID})
+        return bool(held.scalar())
+
+    def alive(self) -> bool:
+        """Still the leader: the lock's connection answers (the lock lives as long as it)."""
+        if self.conn is None:
+            return self.engine.dialect.name != "postgresql"
+        try:
+            self.conn.execute(text("SELECT 1"))
+            return True
+        except SQLAlchemyError:
+            return False
+
+    def release(self) -> None:
+        if self.conn is not None:
+            self.conn.close()
+            self.conn = None
 
 
-def build_scheduler(engine: Engine, settings: Settings) -> BlockingScheduler:
-    sched = BlockingScheduler(timezone=settings.district.timezone)
-    sched.add_job(
-        nightly_job,
-        CronTrigger.from_crontab(settings.schedules.sync_cron, timezone=settings.district.timezone),
-        args=(engine, settings),
-        id="nightly",
-        max_instances=1,
-        coalesce=True,
-    )
-    sched.add_job(
-        dispatch_job,
-        "interval",
-        seconds=settings.schedules.dispatch_interval_seconds,
-        args=(engine, settings),
-        id="dispatch",
-        max_instances=1,
-        coalesce=True,
-    )
-    return sched
+def beat(engine: Engine, elected_at: datetime) -> None:
+    now = utcnow()
+    with engine.begin() as conn:
+        done = conn.execute(
+            update(SchedulerHeartbeat)
+            .where(SchedulerHeartbeat.name == "leader")
+            .values(holder=HOLDER, elected_at=elected_at, beat_at=now)
+        ).rowcount
+        if not done:
+            conn.execute(
+                insert(SchedulerHeartbeat).values(
+                    name="leader", holder=HOLDER, elected_at=elected_at, beat_at=now
+                )
+            )
+
+
+def latest_slot(trigger: Any, now: datetime) -> datetime | None:
+    """The last time at or before `now` the trigger fired, within the catch-up window."""
+    for window in (timedelta(minutes=2), timedelta(hours=1), CATCH_UP):
+        slot = None
+        moment = trigger.get_next_fire_time(None, now - window)
+        while moment is not None and moment <= now:
+            slot = moment
+            moment = trigger.get_next_fire_time(moment, moment + timedelta(microseconds=1))
+        if slot is not None:
+            return slot
+    return None
+
+
+def fire_once(engine: Engine, job: str, slot: datetime, run: Callable[[], None]) -> bool:
+    """Run `job` for `slot` unless some scheduler already did; False when it was taken."""
+    try:
+        with engine.begin() as conn:
+            conn.execute(
+                insert(JobRun).values(job=job, slot=slot, holder=HOLDER, started_at=utcnow())
+            )
+    except IntegrityError:
+        log.info("scheduler.slot_taken", job=job, slot=slot.isoformat())
+        return False
+    outcome = "ok"
+    try:
+        run()
+    except Exception as exc:  # recorded on the run; the schedule goes on
+        outcome = f"failed: {type(exc).__name__}"
+        log.error("scheduler.job_failed", job=job, error=type(exc).__name__)
+    with engine.begin() as conn:
+        conn.execute(
+            update(JobRun)
+            .where(JobRun.job == job, JobRun.slot == slot)
+            .values(finished_at=utcnow(), outcome=outcome)
+        )
+    return True
+
+
+class Scheduler:
+    def __init__(self, engine: Engine, settings: Settings) -> None:
+        self.engine = engine
+        self.settings = settings
+        self.leadership = Leadership(engine)
+        self.stop = threading.Event()
+        zone = settings.district.timezone
+        self.nightly = cron_trigger(settings.schedules.sync_cron, zone)
+        self.sched: BlockingScheduler | None = None
+
+    def _run_nightly(self) -> None:
+        if not self._still_leading():
+            return
+        slot = latest_slot(self.nightly, utcnow().astimezone(self.nightly.timezone))
+        if slot is not None:
+            fire_once(self.engine, "nightly", slot, lambda: nightly_job(self.engine, self.settings))
+
+    def _run_dispatch(self) -> None:
+        if self._still_leading():
+            dispatch_job(self.engine, self.settings)
+
+    def _still_leading(self) -> bool:
+        if self.leadership.alive():
+            return True
+        # The lock's connection died: another scheduler may lead now. Stand down; `run`
+        # goes back to standby.
+        log.error("scheduler.lost_leadership")
+        if self.sched is not None:
+            self.sched.shutdown(wait=False)
+        return False
+
+    def run(self) -> None:
+        """Lead when possible, stand by otherwise, until stopped."""
+        while not self.stop.is_set():
+            self.lead()
+            self.leadership.release()
+
+    def lead(self) -> None:
+        """Block until this process leads, then run the schedules until stopped or deposed."""
+        poll = self.settings.schedules.standby_poll_seconds
+        while not self.leadership.try_acquire():
+            log.info("scheduler.standby")
+            if self.stop.wait(poll):
+                return
+        elected = utcnow()
+        log.info("scheduler.leading", holder=HOLDER)
+        beat(self.engine, elected)
+        self._run_nightly()  # the slot a dead leader may have missed (recorded: never twice)
+        zone = self.settings.district.timezone
+        self.sched = BlockingScheduler(timezone=zone)
+        common: dict[str, Any] = {"max_instances": 1, "coalesce": True, "misfire_grace_time": 300}
+        self.sched.add_job(self._run_nightly, self.nightly, id="nightly", **common)
+        self.sched.add_job(
+            self._run_dispatch, "interval",
+            seconds=self.settings.schedules.dispatch_interval_seconds, id="dispatch", **common,
+        )  # fmt: skip
+        self.sched.add_job(
+            lambda: beat(self.engine, elected), "interval",
+            seconds=self.settings.schedules.heartbeat_seconds, id="heartbeat", **common,
+        )  # fmt: skip
+        self.sched.start()
 
 
 def run_scheduler(settings: Settings) -> None:
-    engine = open_engine(settings)
-    lock = hold_leadership(engine)
-    try:
-        build_scheduler(engine, settings).start()
-    finally:
-        if lock is not None:
-            lock.close()
+    Scheduler(open_engine(settings), settings).run()

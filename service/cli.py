@@ -245,6 +245,32 @@ def generate(
 
 
 @main.command()
+@click.option("--interval", type=float, help="Seconds between passes (default: the config's).")
+@click.option("--once", is_flag=True, help="One pass over the due items, then exit.")
+@click.pass_context
+def worker(ctx: click.Context, interval: float | None, once: bool) -> None:
+    """Deliver the outbox continuously. Run as many as you like on PostgreSQL: they share the
+    work through fenced claims and never deliver an item twice."""
+    import signal
+    import threading
+
+    settings = _settings(ctx)
+    engine = _engine(settings)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    pause = interval if interval is not None else settings.schedules.dispatch_interval_seconds
+    while True:
+        report = run_dispatch(engine, settings)
+        if report.delivered or report.dead or report.needs_review:
+            console.print(
+                f"delivered {report.delivered}, retried {report.retried}, dead {report.dead}, "
+                f"needs review {report.needs_review}"
+            )
+        if once or stop.wait(pause):
+            return
+
+
+@main.command()
 @click.pass_context
 def scheduler(ctx: click.Context) -> None:
     """Run the scheduled jobs (sync, evaluate, dispatch) until stopped."""

@@ -189,9 +189,39 @@ class PolicyConfig(Strict):
     resources_per_message: int = Field(3, ge=1, le=10)
 
 
+def cron_trigger(expression: str, timezone: str) -> Any:
+    """A crontab line (5 fields) or one with seconds first (6 fields), in the district's zone."""
+    from apscheduler.triggers.cron import CronTrigger
+
+    fields = expression.split()
+    if len(fields) == 5:
+        return CronTrigger.from_crontab(expression, timezone=timezone)
+    if len(fields) == 6:
+        second, minute, hour, day, month, dow = fields
+        return CronTrigger(
+            second=second, minute=minute, hour=hour, day=day, month=month, day_of_week=dow,
+            timezone=timezone,
+        )  # fmt: skip
+    raise ValueError(f"{expression!r}: a cron line has 5 fields (or 6 with seconds first)")
+
+
 class ScheduleConfig(Strict):
+    # Nightly sync then evaluate (cron, district time zone).
     sync_cron: str = "0 2 * * *"
+    # How often a scheduler (or `casebridge worker`) delivers the outbox.
     dispatch_interval_seconds: int = Field(60, ge=1)
+    # A standby scheduler tries to take the lead this often; the leader beats this often.
+    standby_poll_seconds: float = Field(5.0, gt=0)
+    heartbeat_seconds: float = Field(5.0, gt=0)
+
+    @field_validator("sync_cron")
+    @classmethod
+    def _parses(cls, value: str) -> str:
+        try:
+            cron_trigger(value, "UTC")
+        except ValueError as exc:
+            raise ValueError(f"not a cron schedule: {exc}") from exc
+        return value
 
 
 class Settings(Strict):

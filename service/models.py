@@ -439,3 +439,28 @@ class Disclosure(Base):
     basis: Mapped[str] = mapped_column(String(255))
     outbox_id: Mapped[int | None] = mapped_column(ForeignKey("outbox.id"))
     disclosed_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class JobRun(Base):
+    """One firing of a scheduled job for one slot of its schedule: the unique key makes a second
+    firing of the same slot (a new leader catching up, a race) impossible."""
+
+    __tablename__ = "job_runs"
+    id: Mapped[int] = mapped_column(SerialId, primary_key=True, autoincrement=True)
+    job: Mapped[str] = mapped_column(String(64))
+    slot: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    holder: Mapped[str] = mapped_column(String(128))  # host:pid of the scheduler that fired it
+    started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    outcome: Mapped[str | None] = mapped_column(String(255))
+    __table_args__ = (Index("uq_job_runs_job_slot", "job", "slot", unique=True),)
+
+
+class SchedulerHeartbeat(Base):
+    """The leading scheduler's heartbeat, shown by readiness checks."""
+
+    __tablename__ = "scheduler_heartbeat"
+    name: Mapped[str] = mapped_column(String(32), primary_key=True)  # "leader"
+    holder: Mapped[str] = mapped_column(String(128))
+    elected_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    beat_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
