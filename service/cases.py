@@ -21,11 +21,16 @@ from service.bulk import insert_many, table
 from service.clock import utcnow
 from service.config import CaseloadConfig, Settings
 from service.indicator_names import INDICATORS
-from service.indicators import IndicatorWindow, compute_indicators
+from service.indicators import (
+    IndicatorWindow,
+    compute_indicators,
+    core_subject_warnings,
+    unknown_attendance,
+)
 from service.models import Case, CaseEvent, Referral, School, Student
 from service.outbox import enqueue
 from service.outreach import pick_resources, reachable_contacts, render_notice
-from service.rules import CompiledRule, compile_rules
+from service.rules import CompiledRule, compile_rules, unknown_counts
 
 log = structlog.get_logger(__name__)
 
@@ -49,6 +54,11 @@ class EvaluationReport:
     unassigned: int = 0
     no_reachable_family: int = 0
     grading_period: str | None = None
+    # Data-trust findings (service/indicators.py, service/rules.py): students whose attendance
+    # is unknown by (school, why), students each rule could not judge, configuration warnings.
+    unknown_attendance: dict[tuple[str, str], int] = field(default_factory=dict)
+    unknown_by_rule: Counter[str] = field(default_factory=Counter)
+    warnings: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -135,6 +145,9 @@ def evaluate(engine: Engine, settings: Settings, as_of: date | None = None) -> E
         report.students_evaluated = conn.execute(
             text("SELECT COUNT(*) FROM student_indicators")
         ).scalar_one()
+        report.unknown_attendance = unknown_attendance(conn)
+        report.unknown_by_rule = unknown_counts(conn, rules)
+        report.warnings = core_subject_warnings(conn, settings.indicators)
         fired = fire_rules(conn, rules)
         for hits in fired.values():
             for hit in hits:
