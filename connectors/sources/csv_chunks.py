@@ -237,6 +237,8 @@ def _rejected(
             data = {}
     if not data:
         data = {"raw": text if len(text) <= 300 else f"{text[:300]}... ({len(raw):,} bytes)"}
+        if header and not raw.startswith(b'"'):
+            data[header[0]] = raw.split(b",", 1)[0][:300].decode("utf-8", "replace")
     return RawRow(location, {**data, REJECT: reason, REJECT_DETAIL: detail})
 
 
