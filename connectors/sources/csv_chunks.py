@@ -99,6 +99,8 @@ class FileScan:
 
 
 def _key_of_line(line: bytes, index: int) -> bytes:
+    if index == 0 and not line.startswith(b'"'):
+        return line.split(b",", 1)[0].strip()  # the usual case: the key is the first column
     if b'"' not in line:
         parts = line.rstrip(b"\r\n").split(b",", index + 1)
         return parts[index].strip() if index < len(parts) else b""
@@ -262,7 +264,8 @@ def _chunk(
         reader = csv.reader(io.StringIO(text, newline=""))
         for values in reader:
             parsed.append((first_line + reader.line_num - 1, values))
-        rows = [_row(header, file_label, n, v, max_field) for n, v in parsed]
+        nul = "\x00" in text  # one scan per chunk instead of one per field
+        rows = [_row(header, file_label, n, v, max_field, nul) for n, v in parsed]
     except (UnicodeDecodeError, csv.Error):
         # One bad record must not change how its neighbours are read: go record by record.
         rows = []
@@ -286,7 +289,12 @@ def _chunk(
 
 
 def _row(
-    header: list[str], file_label: str, line_no: int, values: list[str], max_field: int
+    header: list[str],
+    file_label: str,
+    line_no: int,
+    values: list[str],
+    max_field: int,
+    nul: bool = True,
 ) -> RawRow | None:
     if not values or (len(values) == 1 and not values[0].strip()):
         return None
@@ -300,7 +308,7 @@ def _row(
         return _rejected(header, location, "field_too_long",
                          f"{column} is {longest:,} characters (max_field_length {max_field:,})",
                          b"", values)  # fmt: skip
-    if any("\x00" in v for v in values):
+    if nul and any("\x00" in v for v in values):
         column = next(
             (header[i] if i < width else f"#{i + 1}") for i, v in enumerate(values) if "\x00" in v
         )
