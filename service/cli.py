@@ -428,7 +428,7 @@ def print_sync(reports: list[SyncReport]) -> None:
                         "", f"  {SECONDARY_TABLES[tname]}", "", f"{ins:,}", f"{upd:,}",
                         f"{deact:,}", "", "",
                     )  # fmt: skip
-            problems += [p for p in s.problems if p != s.refused]
+            problems += [p for p in s.problems if not (s.refused and p in s.refused)]
             refused += [f"{report.source}: {s.refused}"] if s.refused else []
             phones += s.unusable_phones
     console.print(table)
