@@ -74,6 +74,11 @@ class Stream:
     resumable: bool = False
     # True when this read continues a full pull that was interrupted (keeps its generation).
     resuming: bool = False
+    # Files: what a prescan found (see connectors/sources/csv_chunks.py). `records` None: unknown.
+    encoding: str = "utf-8"
+    records: int | None = None
+    key_column: str | None = None  # the column that must be unique within the file
+    duplicate_keys: frozenset[str] = frozenset()
 
 
 class Source(Protocol):
@@ -187,5 +192,7 @@ class BuiltSource:
     fingerprint: bytes
 
 
-def config_fingerprint(cfg: BaseModel) -> bytes:
-    return hashlib.blake2b(cfg.model_dump_json().encode(), digest_size=16).digest()
+def config_fingerprint(cfg: BaseModel, exclude: set[str] | None = None) -> bytes:
+    """A digest of the settings the mapped rows depend on; `exclude` names the ones they do not
+    (a data folder's path: moving the folder must not re-read every chunk)."""
+    return hashlib.blake2b(cfg.model_dump_json(exclude=exclude).encode(), digest_size=16).digest()

@@ -97,13 +97,33 @@ def phone_e164(value: str | None, region: str = "US") -> str | None:
         parsed = phonenumbers.parse(text, region)
     except phonenumbers.NumberParseException:
         return None
-    if not phonenumbers.is_possible_number(parsed):
+    # A local-only number (7 digits, "555-CALL") has no area code: nothing can dial it.
+    reason = phonenumbers.is_possible_number_with_reason(parsed)
+    if reason != phonenumbers.ValidationResult.IS_POSSIBLE:
         return None
     return phonenumbers.format_number(parsed, phonenumbers.PhoneNumberFormat.E164)
 
 
 def split_list(value: str | None) -> list[str]:
     return [v.strip() for v in (value or "").split(",") if v.strip()]
+
+
+_ID_SEPARATORS = re.compile(r"[,\s]+")
+
+
+def split_ids(value: str | None) -> list[str]:
+    """A list of ids separated by commas, spaces or both (real exports use either)."""
+    return [v for v in _ID_SEPARATORS.split(value or "") if v]
+
+
+def phone_issue(value: str | None, region: str = "US") -> str | None:
+    """Why a non-empty phone field gives no usable number (None: empty or usable)."""
+    text = (value or "").strip()
+    if not text or phone_e164(text, region):
+        return None
+    if not any(ch.isdigit() for ch in text):
+        return "no_digits"
+    return "not_a_phone_number"
 
 
 GRADE_NUMBERS = {"IT": -3, "PR": -2, "PK": -1, "TK": -1, "KG": 0, "K": 0, "UG": None}

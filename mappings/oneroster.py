@@ -11,10 +11,12 @@ from mappings.fields import (
     parse_float,
     parse_optional_date,
     phone_e164,
+    phone_issue,
     required,
+    split_ids,
     split_list,
 )
-from mappings.spec import EntityMapping, Lookups, Mapped
+from mappings.spec import EntityMapping, Lookups, Mapped, Need
 from service.errors import BadRecord
 
 BASE = frozenset({"sourcedId", "status", "dateLastModified"})
@@ -83,6 +85,7 @@ def map_course(row: dict[str, str], _: Lookups) -> Mapped:
                 "title": required(row, "title"),
                 "course_code": optional(row, "courseCode"),
                 "subjects": ",".join(split_list(row.get("subjects"))) or None,
+                "subject_codes": ",".join(split_list(row.get("subjectCodes"))) or None,
                 "org_id": optional(row, "orgSourcedId"),
                 "active": active,
             },
@@ -102,6 +105,7 @@ def map_class(row: dict[str, str], _: Lookups) -> Mapped:
                 "school_id": required(row, "schoolSourcedId"),
                 "class_type": optional(row, "classType"),
                 "subjects": ",".join(split_list(row.get("subjects"))) or None,
+                "subject_codes": ",".join(split_list(row.get("subjectCodes"))) or None,
                 "active": active,
             },
         )
@@ -130,7 +134,7 @@ def map_user(
 ) -> Mapped:
     key, active = _base(row)
     role = optional(row, "role")  # 1.1 carries the role on the user
-    org = next(iter(split_list(row.get("orgSourcedIds"))), None) or optional(
+    org = next(iter(split_ids(row.get("orgSourcedIds"))), None) or optional(
         row, "primaryOrgSourcedId"
     )
     if role is None:  # 1.2 keeps roles in roles.csv
@@ -139,7 +143,7 @@ def map_user(
             raise BadRecord("unknown_role", "user has no role in users.csv or roles.csv")
         role, role_org = found
         org = org or role_org
-    agents = split_list(row.get("agentSourcedIds"))
+    agents = split_ids(row.get("agentSourcedIds"))
     if role == "student":
         out: Mapped = [
             (
@@ -167,6 +171,12 @@ def map_user(
     if role in guardian_roles:
         sms = phone_e164(row.get("sms"))
         voice = phone_e164(row.get("phone"))
+        # Kept on the contact so staff see why a guardian has no textable number.
+        issues = [
+            f"{column}:{issue}"
+            for column in ("sms", "phone")
+            if (issue := phone_issue(row.get(column)))
+        ]
         language = (optional(row, "metadata.language") or "en").lower().split("-")[0]
         dnc = parse_bool(row.get("metadata.doNotContact"), "metadata.doNotContact")
         out = [
@@ -184,6 +194,7 @@ def map_user(
                     "language": language[:8],
                     "do_not_contact": dnc,
                     "consent_basis": "provided_to_school" if (sms or voice) else None,
+                    "phone_issue": ",".join(issues) or None,
                     "active": active,
                 },
             )
@@ -199,12 +210,17 @@ def map_user(
     return []  # teachers and administrators are not case subjects
 
 
-def map_enrollment(row: dict[str, str], lookups: Lookups) -> Mapped:
+def map_enrollment(row: dict[str, str], lookups: Lookups, check_staff: bool = False) -> Mapped:
     key, active = _base(row)
     user = required(row, "userSourcedId")
     role = required(row, "role")
     if role == "student" and user not in lookups.students:
-        raise BadRecord("unknown_student", f"userSourcedId {user!r} is not a known student")
+        raise BadRecord(
+            "unknown_student", f"userSourcedId {user!r} is not a known student", ref=user
+        )
+    if check_staff and role != "student" and user not in lookups.roles:
+        # 1.2 packages list every user's role in roles.csv: an unlisted teacher is a bad link.
+        raise BadRecord("unknown_user", f"userSourcedId {user!r} ({role}) is not a known user")
     begin = parse_optional_date(row.get("beginDate"), "beginDate")
     end = parse_optional_date(row.get("endDate"), "endDate")
     if begin and end and end < begin:
@@ -246,7 +262,9 @@ def map_result(row: dict[str, str], lookups: Lookups) -> Mapped:
     key, active = _base(row)
     student = required(row, "studentSourcedId")
     if student not in lookups.students:
-        raise BadRecord("unknown_student", f"studentSourcedId {student!r} is not a known student")
+        raise BadRecord(
+            "unknown_student", f"studentSourcedId {student!r} is not a known student", ref=student
+        )
     item = required(row, "lineItemSourcedId")
     found = lookups.line_items.get(item)
     if found is None:
@@ -278,6 +296,16 @@ def _cols(*names: str) -> frozenset[str]:
     return frozenset(names) | BASE
 
 
+def _need(*names: str) -> frozenset[str]:
+    """Required columns: only what the mapping cannot do without (status and dateLastModified
+    are never read, so a file missing or misspelling them is still read)."""
+    return frozenset(names) | {"sourcedId"}
+
+
+def _staff_key(row: dict[str, str]) -> str:
+    return "" if (row.get("role") or "").strip() == "student" else row.get("userSourcedId") or ""
+
+
 USERS_11 = _cols(
     "enabledUser", "orgSourcedIds", "role", "username", "userIds", "givenName", "familyName",
     "middleName", "identifier", "email", "sms", "phone", "agentSourcedIds", "grades", "password",
@@ -292,54 +320,58 @@ USERS_12_EXTRA = frozenset(
 
 
 def entity_mappings(
-    guardian_roles: tuple[str, ...] = DEFAULT_GUARDIAN_ROLES,
+    guardian_roles: tuple[str, ...] = DEFAULT_GUARDIAN_ROLES, version: str = "1.1"
 ) -> list[EntityMapping]:
     """The OneRoster CSV files we read, in the order they must load."""
+    v12 = version.startswith("1.2")
+    enrollment_needs: tuple[Need, ...] = (("students", "userSourcedId"),)
+    if v12:
+        enrollment_needs += (("roles", _staff_key),)
     return [
         EntityMapping(
-            "orgs", "orgs.csv", ("schools",), _cols("name", "type"),
+            "orgs", "orgs.csv", ("schools",), _need("name"),
             _cols("name", "type", "identifier", "parentSourcedId"), map_org,
         ),
         EntityMapping(
             "academicSessions", "academicSessions.csv", ("academic_sessions",),
-            _cols("title", "type", "startDate", "endDate"),
+            _need("title", "type", "startDate", "endDate"),
             _cols("title", "type", "startDate", "endDate", "parentSourcedId", "schoolYear"),
             map_academic_session,
         ),
         EntityMapping(
-            "courses", "courses.csv", ("courses",), _cols("title"),
+            "courses", "courses.csv", ("courses",), _need("title"),
             _cols("schoolYearSourcedId", "title", "courseCode", "grades", "orgSourcedId",
                   "subjects", "subjectCodes"),
             map_course,
         ),
         EntityMapping(
-            "classes", "classes.csv", ("classes",), _cols("title", "schoolSourcedId"),
+            "classes", "classes.csv", ("classes",), _need("title", "schoolSourcedId"),
             _cols("title", "grades", "courseSourcedId", "classCode", "classType", "location",
                   "schoolSourcedId", "termSourcedIds", "subjects", "subjectCodes", "periods"),
             map_class,
         ),
         EntityMapping(
-            "roles", "roles.csv", ("user_roles",), _cols("userSourcedId", "role"),
+            "roles", "roles.csv", ("user_roles",), _need("userSourcedId", "role"),
             _cols("userSourcedId", "roleType", "role", "beginDate", "endDate", "orgSourcedId",
                   "userProfileSourcedId"),
             map_role,
         ),
         EntityMapping(
             "users", "users.csv", ("students", "contacts", "student_contacts"),
-            _cols("givenName", "familyName"), USERS_11 | USERS_12_EXTRA,
+            _need("givenName", "familyName"), USERS_11 | USERS_12_EXTRA,
             partial(map_user, guardian_roles=guardian_roles), needs=(("roles", "sourcedId"),),
             depends_on=("roles",),
         ),
         EntityMapping(
             "enrollments", "enrollments.csv", ("enrollments",),
-            _cols("classSourcedId", "userSourcedId", "role"),
+            _need("classSourcedId", "userSourcedId", "role"),
             _cols("classSourcedId", "schoolSourcedId", "userSourcedId", "role", "primary",
                   "beginDate", "endDate"),
-            map_enrollment, needs=(("students", "userSourcedId"),),
+            partial(map_enrollment, check_staff=v12), needs=enrollment_needs,
         ),
         EntityMapping(
             "lineItems", "lineItems.csv", ("line_items",),
-            _cols("title", "classSourcedId"),
+            _need("title", "classSourcedId"),
             _cols("title", "description", "assignDate", "dueDate", "classSourcedId",
                   "categorySourcedId", "gradingPeriodSourcedId", "resultValueMin",
                   "resultValueMax", "academicSessionSourcedId", "schoolSourcedId",
@@ -348,10 +380,12 @@ def entity_mappings(
         ),
         EntityMapping(
             "results", "results.csv", ("grades",),
-            _cols("lineItemSourcedId", "studentSourcedId"),
+            _need("lineItemSourcedId", "studentSourcedId"),
+            # 1.2 adds classSourcedId and scorePercentile: standard, never warned about.
             _cols("lineItemSourcedId", "studentSourcedId", "scoreStatus", "score", "textScore",
                   "scoreDate", "comment", "scoreScaleSourcedId", "learningObjectiveSetSourcedId",
-                  "inProgress", "incomplete", "late", "missing"),
+                  "inProgress", "incomplete", "late", "missing", "classSourcedId",
+                  "scorePercentile"),
             map_result,
             needs=(("students", "studentSourcedId"), ("line_items", "lineItemSourcedId")),
             depends_on=("lineItems",),

@@ -13,7 +13,7 @@ from typing import ClassVar, Literal
 from pydantic import field_validator
 
 from mappings.fields import optional, parse_date, parse_float, required
-from mappings.spec import EntityMapping, Lookups, Mapped
+from mappings.spec import EntityMapping, Lookups, Mapped, Need
 from service.config import Strict
 from service.errors import BadRecord
 
@@ -59,6 +59,11 @@ class SisExportMapping(Strict):
 
     # How export rows name a student: by our student id (OneRoster sourcedId) or local number.
     student_match: Literal["student_id", "local_id"] = "local_id"
+    # How export rows name a school: by the roster's sourcedId, by its school number (OneRoster
+    # orgs.identifier, what SIS exports use), or either ("auto").
+    school_match: Literal["auto", "school_id", "identifier"] = "auto"
+    # Export school code -> roster school sourcedId or number, for codes that are neither.
+    school_codes: dict[str, str] = {}
     date_formats: list[str] = ["%Y-%m-%d"]
     calendar: SisCalendarFile | None = None
     attendance: SisAttendanceFile | None = None
@@ -83,22 +88,47 @@ def _student(row: dict[str, str], columns: dict[str, str], lookups: Lookups, by_
     ref = _need(row, columns, "student")
     student = lookups.student_by_local_id.get(ref) if by_local else ref
     if student is None or (not by_local and student not in lookups.students):
-        raise BadRecord("unknown_student", f"{columns['student']} {ref!r} is not a known student")
+        raise BadRecord(
+            "unknown_student", f"{columns['student']} {ref!r} is not a known student", ref=ref
+        )
     return student
 
 
+def school_code(row: dict[str, str], column: str, codes: dict[str, str]) -> str:
+    """The export's school code after the configured code map (what the lookup searches)."""
+    code = (row.get(column) or "").strip()
+    return codes.get(code, code)
+
+
+def resolve_school(code: str, lookups: Lookups, match: str) -> str | None:
+    """The roster school sourcedId an export school code names, or None."""
+    if match != "identifier" and code in lookups.school_ids:
+        return code
+    if match != "school_id":
+        return lookups.school_by_number.get(code)
+    return None
+
+
 def map_calendar(
-    row: dict[str, str], _: Lookups, *, columns: dict[str, str], formats: tuple[str, ...],
-    in_session: frozenset[str],
+    row: dict[str, str], lookups: Lookups, *, columns: dict[str, str], formats: tuple[str, ...],
+    in_session: frozenset[str], codes: dict[str, str], match: str,
 ) -> Mapped:  # fmt: skip
     _width(row)
     day = parse_date(_need(row, columns, "date"), columns["date"], formats)
     flag = (_get(row, columns, "in_session") or "").strip()
+    raw_school = _need(row, columns, "school_id")
+    school = resolve_school(school_code(row, columns["school_id"], codes), lookups, match)
+    if school is None:
+        raise BadRecord(
+            "unknown_school",
+            f"{columns['school_id']} {raw_school!r} matches no roster school (by {match}; "
+            "see school_match and school_codes)",
+        )
     return [
         (
             "calendar_days",
             {
-                "school_id": _need(row, columns, "school_id"),
+                "school_id": school,
                 "day": day,
                 "instructional": flag in in_session,
             },
@@ -106,9 +136,19 @@ def map_calendar(
     ]
 
 
+def _event_school(
+    row: dict[str, str], columns: dict[str, str], lookups: Lookups, codes: dict[str, str],
+    match: str,
+) -> str | None:  # fmt: skip
+    column = columns.get("school_id")
+    if not column:
+        return None
+    return resolve_school(school_code(row, column, codes), lookups, match)
+
+
 def map_attendance(
     row: dict[str, str], lookups: Lookups, *, columns: dict[str, str], formats: tuple[str, ...],
-    codes: dict[str, str], by_local: bool,
+    codes: dict[str, str], by_local: bool, school_codes: dict[str, str], match: str,
 ) -> Mapped:  # fmt: skip
     _width(row)
     code = _need(row, columns, "code")
@@ -128,7 +168,7 @@ def map_attendance(
             {
                 "event_id": event_id,
                 "student_id": student,
-                "school_id": _get(row, columns, "school_id"),
+                "school_id": _event_school(row, columns, lookups, school_codes, match),
                 "day": day,
                 "period": period,
                 "category": category,
@@ -141,6 +181,7 @@ def map_attendance(
 def map_discipline(
     row: dict[str, str], lookups: Lookups, *, columns: dict[str, str], formats: tuple[str, ...],
     actions: dict[str, str], reportable: frozenset[str], by_local: bool,
+    school_codes: dict[str, str], match: str,
 ) -> Mapped:  # fmt: skip
     _width(row)
     action_code = _need(row, columns, "action_code")
@@ -156,7 +197,7 @@ def map_discipline(
             {
                 "incident_id": _need(row, columns, "incident_id"),
                 "student_id": student,
-                "school_id": _get(row, columns, "school_id"),
+                "school_id": _event_school(row, columns, lookups, school_codes, match),
                 "day": parse_date(_need(row, columns, "date"), columns["date"], formats),
                 "behavior_code": _get(row, columns, "behavior_code"),
                 "action": action,
@@ -173,6 +214,8 @@ def sis_entity_mappings(cfg: SisExportMapping) -> list[EntityMapping]:
     formats = tuple(cfg.date_formats)
     by_local = cfg.student_match == "local_id"
     lookup = "student_by_local_id" if by_local else "students"
+    school_codes = dict(cfg.school_codes)
+    match = cfg.school_match
     out: list[EntityMapping] = []
 
     def add(
@@ -182,7 +225,10 @@ def sis_entity_mappings(cfg: SisExportMapping) -> list[EntityMapping]:
         # The configuration already refused a file that does not name its REQUIRED fields.
         columns = spec.columns
         required = frozenset(columns[f] for f in spec.REQUIRED)
-        needs = ((lookup, columns["student"]),) if resolve_student else ()
+        needs: tuple[Need, ...] = ((lookup, columns["student"]),) if resolve_student else ()
+        if "school_id" in columns:
+            needs += (("schools", partial(school_code, column=columns["school_id"],
+                                          codes=school_codes)),)  # fmt: skip
         out.append(
             EntityMapping(entity, spec.file, (table,), required, frozenset(columns.values()), fn,
                           needs=needs)
@@ -192,14 +238,14 @@ def sis_entity_mappings(cfg: SisExportMapping) -> list[EntityMapping]:
         c = cfg.calendar
         fn = partial(
             map_calendar, columns=c.columns, formats=formats,
-            in_session=frozenset(c.in_session_values),
+            in_session=frozenset(c.in_session_values), codes=school_codes, match=match,
         )  # fmt: skip
         add("calendar", c, "calendar_days", fn, False)
     if cfg.attendance:
         a = cfg.attendance
         fn = partial(
             map_attendance, columns=a.columns, formats=formats, codes=dict(a.codes),
-            by_local=by_local,
+            by_local=by_local, school_codes=school_codes, match=match,
         )  # fmt: skip
         add("attendance", a, "attendance_events", fn, True)
     if cfg.discipline:
@@ -207,6 +253,7 @@ def sis_entity_mappings(cfg: SisExportMapping) -> list[EntityMapping]:
         fn = partial(
             map_discipline, columns=d.columns, formats=formats, actions=dict(d.actions),
             reportable=frozenset(d.state_reportable_values), by_local=by_local,
+            school_codes=school_codes, match=match,
         )  # fmt: skip
         add("discipline", d, "discipline_incidents", fn, True)
     return out

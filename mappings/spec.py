@@ -23,6 +23,8 @@ class Lookups:
     )  # -> day, reportable
     student_by_local_id: dict[str, str] = field(default_factory=dict)
     line_items: dict[str, tuple[str, str | None]] = field(default_factory=dict)  # -> class, period
+    school_ids: set[str] = field(default_factory=set)  # roster school sourcedIds that exist
+    school_by_number: dict[str, str] = field(default_factory=dict)  # orgs.identifier -> sourcedId
 
 
 @dataclass(frozen=True)

@@ -22,12 +22,17 @@ from service.bulk import insert_many, table
 from service.clock import district_today, utcnow
 from service.config import CaseloadConfig, Settings
 from service.indicator_names import INDICATORS
-from service.indicators import IndicatorWindow, compute_indicators
+from service.indicators import (
+    IndicatorWindow,
+    compute_indicators,
+    core_subject_warnings,
+    unknown_attendance,
+)
 from service.intents import family_notices, task_upserts
 from service.models import Case, Referral, School
 from service.outbox import enqueue
 from service.outreach import guardian_contacts
-from service.rules import CompiledRule, compile_rules
+from service.rules import CompiledRule, compile_rules, unknown_counts
 from service.task_view import student_facts
 
 log = structlog.get_logger(__name__)
@@ -52,6 +57,11 @@ class EvaluationReport:
     unassigned: int = 0
     no_reachable_family: int = 0
     grading_period: str | None = None
+    # Data-trust findings (service/indicators.py, service/rules.py): students whose attendance
+    # is unknown by (school, why), students each rule could not judge, configuration warnings.
+    unknown_attendance: dict[tuple[str, str], int] = field(default_factory=dict)
+    unknown_by_rule: Counter[str] = field(default_factory=Counter)
+    warnings: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -138,6 +148,9 @@ def evaluate(engine: Engine, settings: Settings, as_of: date | None = None) -> E
         report.students_evaluated = conn.execute(
             text("SELECT COUNT(*) FROM student_indicators")
         ).scalar_one()
+        report.unknown_attendance = unknown_attendance(conn)
+        report.unknown_by_rule = unknown_counts(conn, rules)
+        report.warnings = core_subject_warnings(conn, settings.indicators)
         fired = fire_rules(conn, rules)
         for hits in fired.values():
             for hit in hits:

@@ -32,10 +32,24 @@ from service.pipeline import (
     run_evaluate,
     run_sync,
 )
+from tools.synthetic import QUIRKS
 
 # Piped output (CI logs, cron mail) gets a width that fits the summary tables.
 console = Console(highlight=False, width=None if sys.stdout.isatty() else 140)
 DEFAULT_CONFIG = "config/district.yaml"
+
+# Exit codes of sync and run, for cron and the scheduler (README "Exit codes").
+EXIT_SOURCE_FAILED = 1  # a source could not be read at all
+EXIT_STREAM_REFUSED = 3  # a stream was skipped or refused: missing file, bad header, a guard
+
+
+def sync_exit_code(reports: list[SyncReport]) -> int:
+    """0 clean; EXIT_SOURCE_FAILED over EXIT_STREAM_REFUSED when both happened."""
+    if any(r.error for r in reports):
+        return EXIT_SOURCE_FAILED
+    if any(r.refused() for r in reports):
+        return EXIT_STREAM_REFUSED
+    return 0
 
 
 def _settings(ctx: click.Context) -> Settings:
@@ -78,8 +92,14 @@ def _engine(settings: Settings, upgrade: bool = False) -> Engine:
 
 
 @main.command("check-config")
+@click.option(
+    "--data",
+    is_flag=True,
+    help="Also open every configured source: paths, headers, code maps, school numbers, "
+    "core subjects.",
+)
 @click.pass_context
-def check_config(ctx: click.Context) -> None:
+def check_config(ctx: click.Context, data: bool) -> None:
     """Validate the configuration and list every problem with its key."""
     settings = _settings(ctx)
     console.print(
@@ -87,6 +107,25 @@ def check_config(ctx: click.Context) -> None:
         f"{len(settings.rules)} rules, {len(settings.caseloads)} caseloads, "
         f"{len(settings.destinations)} destinations, {len(settings.channels)} channels"
     )
+    if data:
+        from service.data_check import check_data
+
+        engine = None
+        try:
+            engine = open_engine(settings)
+        except Exception:  # no database yet: the files are still checked
+            engine = None
+        found = check_data(settings, engine)
+        for note in found.notes:
+            console.print(f"note: {escape(note)}", soft_wrap=True)
+        for warning in found.warnings:
+            console.print(f"[yellow]warning:[/] {escape(warning)}", soft_wrap=True)
+        for problem in found.problems:
+            console.print(f"[red]problem:[/] {escape(problem)}", soft_wrap=True)
+        if found.problems:
+            console.print(f"[red]{len(found.problems)} data problems.[/]")
+            sys.exit(1)
+        console.print("[green]Data OK[/]: every configured file opens and matches the config.")
 
 
 @main.group("db")
@@ -130,10 +169,11 @@ def _sync(
     full: bool = False,
     dry_run: bool = False,
     upgrade: bool = False,
+    allow_deactivation: bool = False,
 ) -> list[SyncReport]:
     engine = _engine(settings, upgrade)
     with _progress("sync") as advance:
-        reports = run_sync(engine, settings, source, advance, full, dry_run)
+        reports = run_sync(engine, settings, source, advance, full, dry_run, allow_deactivation)
     print_sync(reports)
     if dry_run:
         console.print("[yellow]Dry run: nothing was written.[/]")
@@ -165,16 +205,28 @@ def _dispatch(settings: Settings) -> DispatchReport:
     help="Read, map and count, write nothing. Each source runs alone, so rows that refer to "
     "another source's new records (SIS export -> roster) count as unknown.",
 )
+@click.option(
+    "--allow-deactivation",
+    is_flag=True,
+    help="Let a bulk file deactivate more than its source's max_deactivation_share (or an "
+    "empty file deactivate everything it fed): for records that really are gone.",
+)
 @click.pass_context
-def sync(ctx: click.Context, source: str | None, full: bool, dry_run: bool) -> None:
-    """Import every configured source into the canonical tables."""
+def sync(
+    ctx: click.Context, source: str | None, full: bool, dry_run: bool, allow_deactivation: bool
+) -> None:
+    """Import every configured source into the canonical tables.
+
+    Exit status: 0 clean, 3 when a stream was skipped or refused (a missing or broken file, a
+    bad header, the deactivation guard), 1 when a source failed."""
     settings = _settings(ctx)
     if source and source not in {s.name for s in settings.sources}:
         console.print(f"[red]No source named {source!r} in {settings.source_file}.[/]")
         sys.exit(2)
-    reports = _sync(settings, source, full, dry_run)
-    if any(r.error for r in reports):
-        sys.exit(1)
+    reports = _sync(settings, source, full, dry_run, allow_deactivation=allow_deactivation)
+    code = sync_exit_code(reports)
+    if code:
+        sys.exit(code)
 
 
 @main.command()
@@ -203,8 +255,9 @@ def run(ctx: click.Context, as_of: Any, upgrade: bool = False) -> None:
     _dispatch(settings)
     out = settings.resolve(settings.output_dir)
     console.print(f"Output folder: {out.resolve()}")
-    if any(r.error for r in reports):
-        sys.exit(1)
+    code = sync_exit_code(reports)
+    if code:
+        sys.exit(code)
 
 
 @main.command()
@@ -223,9 +276,31 @@ def demo(ctx: click.Context) -> None:
 @click.option("--as-of", type=click.DateTime(["%Y-%m-%d"]), default="2026-11-20", show_default=True)
 @click.option("--oneroster-version", type=click.Choice(["1.1", "1.2"]), default="1.2")
 @click.option("--bad-rows", default=0, show_default=True, help="Malformed rows to inject.")
+@click.option(
+    "--sis-school-ids",
+    type=click.Choice(["number", "sourcedId"]),
+    default="number",
+    show_default=True,
+    help="How the SIS export names schools (real exports use the school number).",
+)
+@click.option(
+    "--quirk",
+    "quirks",
+    multiple=True,
+    type=click.Choice(list(QUIRKS)),
+    help="Real-world export damage to add (repeatable): "
+    + "; ".join(f"{k}: {v}" for k, v in QUIRKS.items()),
+)
 @click.option("--out", "out_dir", type=click.Path(path_type=Path), required=True)
 def generate(
-    students: int, seed: int, as_of: Any, oneroster_version: str, bad_rows: int, out_dir: Path
+    students: int,
+    seed: int,
+    as_of: Any,
+    oneroster_version: str,
+    bad_rows: int,
+    sis_school_ids: str,
+    quirks: tuple[str, ...],
+    out_dir: Path,
 ) -> None:
     """Write a synthetic district: OneRoster CSV plus SIS attendance/discipline/calendar."""
     from tools.synthetic import generate_district
@@ -234,6 +309,7 @@ def generate(
         summary = generate_district(
             out_dir, students=students, seed=seed, as_of=as_of.date(),
             oneroster_version=oneroster_version, bad_rows=bad_rows,
+            sis_school_ids=sis_school_ids, quirks=quirks,
         )  # fmt: skip
     table = Table(title=f"Synthetic district in {out_dir}")
     table.add_column("file")
@@ -242,6 +318,89 @@ def generate(
         table.add_row(name, f"{rows:,}")
     console.print(table)
     console.print(f"{summary.bytes_written:,} bytes; {summary.bad_rows} malformed rows injected")
+    for quirk, where in summary.quirks.items():
+        console.print(f"quirk {quirk}: {where}")
+
+
+@main.group("quarantine")
+def quarantine_group() -> None:
+    """Records held back from import: where they came from and why."""
+
+
+@quarantine_group.command("list")
+@click.option("--source", help="Only this source (by name).")
+@click.option("--file", "file_name", help="Only records from this file (e.g. users.csv).")
+@click.option("--reason", help="Only this reason (e.g. unknown_student, bad_encoding).")
+@click.option("--csv", "as_csv", is_flag=True, help="CSV on stdout, for a spreadsheet.")
+@click.option("--limit", default=500, show_default=True, type=click.IntRange(1))
+@click.pass_context
+def quarantine_list(
+    ctx: click.Context,
+    source: str | None,
+    file_name: str | None,
+    reason: str | None,
+    as_csv: bool,
+    limit: int,
+) -> None:
+    """List quarantined records (newest problems last)."""
+    import csv as csv_module
+
+    from sqlalchemy import or_, select
+
+    from service.models import QuarantinedRecord as Q
+
+    engine = open_engine(_settings(ctx.find_root()))
+    q = select(Q.id, Q.source, Q.entity, Q.location, Q.reason, Q.record_key, Q.times_seen,
+               Q.last_seen, Q.detail).order_by(Q.id)  # fmt: skip
+    if source:
+        q = q.where(Q.source == source)
+    if reason:
+        q = q.where(Q.reason == reason)
+    if file_name:
+        q = q.where(or_(Q.location == file_name, Q.location.like(f"{file_name}:%")))
+    with engine.connect() as conn:
+        rows = conn.execute(q.limit(limit)).all()
+    columns = ["id", "source", "entity", "location", "reason", "record_key", "times_seen",
+               "last_seen", "detail"]  # fmt: skip
+    if as_csv:
+        writer = csv_module.writer(sys.stdout, lineterminator="\n")
+        writer.writerow(columns)
+        writer.writerows(rows)
+        return
+    table = Table(title=f"Quarantine ({len(rows):,} shown)")
+    for col in columns:
+        if col != "last_seen":
+            table.add_column(col, overflow="fold")
+    for row in rows:
+        values = [str(v) if v is not None else "" for i, v in enumerate(row) if i != 7]
+        table.add_row(*(escape(v) for v in values))
+    console.print(table)
+    if len(rows) == limit:
+        console.print(f"(first {limit:,}; narrow with --source, --file, --reason or --limit)")
+
+
+@quarantine_group.command("show")
+@click.argument("record_id", type=int)
+@click.pass_context
+def quarantine_show(ctx: click.Context, record_id: int) -> None:
+    """One quarantined record: where, why, how often, and the record as it arrived."""
+    import json
+
+    from sqlalchemy import select
+
+    from service.models import QuarantinedRecord as Q
+
+    engine = open_engine(_settings(ctx.find_root()))
+    with engine.connect() as conn:
+        row = conn.execute(select(Q).where(Q.id == record_id)).mappings().first()
+    if row is None:
+        console.print(f"[red]No quarantined record {record_id}.[/]")
+        sys.exit(2)
+    for key in ("id", "source", "entity", "location", "reason", "detail", "record_key",
+                "times_seen", "first_seen", "last_seen"):  # fmt: skip
+        console.print(f"{key}: {escape(str(row[key]))}", soft_wrap=True)
+    console.print("record:")
+    console.print(json.dumps(row["payload"], indent=2, ensure_ascii=False), markup=False)
 
 
 @main.command()
@@ -399,20 +558,48 @@ def print_sync(reports: list[SyncReport]) -> None:
             col, justify="left" if col in ("source", "entity", "quarantined") else "right"
         )
     problems: list[str] = []
+    refused: list[str] = []
+    phones = 0
     for report in reports:
         if report.error:
             table.add_row(report.source, "[red]failed[/]", "", "", "", "", "", report.error)
             continue
         for entity, s in report.entities.items():
             q = ", ".join(f"{k} {v}" for k, v in sorted(s.quarantined.items())) or "0"
+            name = f"[red]{entity} (refused)[/]" if s.refused else entity
             table.add_row(
-                report.source, entity, f"{s.read:,}", f"{s.inserted:,}", f"{s.updated:,}",
+                report.source, name, f"{s.read:,}", f"{s.inserted:,}", f"{s.updated:,}",
                 f"{s.deactivated:,}", f"{s.unchanged:,}", q,
             )  # fmt: skip
-            problems += s.problems
+            # Guardians and links counted apart from the students that share their file.
+            for tname, (ins, upd, deact) in s.tables.items():
+                if tname in SECONDARY_TABLES:
+                    table.add_row(
+                        "", f"  {SECONDARY_TABLES[tname]}", "", f"{ins:,}", f"{upd:,}",
+                        f"{deact:,}", "", "",
+                    )  # fmt: skip
+            problems += [p for p in s.problems if not (s.refused and p in s.refused)]
+            refused += [f"{report.source}: {s.refused}"] if s.refused else []
+            phones += s.unusable_phones
     console.print(table)
     for p in problems:
         console.print(f"[yellow]problem:[/] {escape(p)}", soft_wrap=True)
+    for r in refused:
+        console.print(f"[red]refused:[/] {escape(r)}", soft_wrap=True)
+    if phones:
+        console.print(
+            f"{phones:,} contacts have a phone field that is not a usable number (no textable "
+            "number; kept as contacts.phone_issue)"
+        )
+    held = sum(sum(r.quarantined().values()) for r in reports)
+    if held:
+        console.print(
+            f"{held:,} records quarantined this run: `casebridge quarantine list` lists them "
+            "(--source, --file, --reason, --csv), `casebridge quarantine show ID` shows one."
+        )
+
+
+SECONDARY_TABLES = {"contacts": "guardians (contacts)", "student_contacts": "guardian links"}
 
 
 def print_evaluation(r: EvaluationReport) -> None:
@@ -435,7 +622,14 @@ def print_evaluation(r: EvaluationReport) -> None:
         ("cases with no reachable guardian", r.no_reachable_family),
     ):
         table.add_row(label, f"{value:,}")
+    # Unknown is not zero: a school without a calendar leaves its students' attendance unknown.
+    for (school, why), n in sorted(r.unknown_attendance.items()):
+        table.add_row(f"attendance unknown at {school or '(no school)'} ({why})", f"{n:,}")
+    for rule, n in sorted(r.unknown_by_rule.items()):
+        table.add_row(f"rule {rule} could not judge (unknown indicator)", f"{n:,}")
     console.print(table)
+    for warning in r.warnings:
+        console.print(f"[yellow]warning:[/] {escape(warning)}", soft_wrap=True)
 
 
 def print_dispatch(r: DispatchReport, counts: Counter[str]) -> None:

@@ -76,7 +76,9 @@ class IndicatorConfig(Strict):
     approaching_absence_rate: float = Field(0.05, ge=0, le=1)
     failing_score: float = 60.0
     failing_letters: list[str] = ["F"]
-    core_subjects: list[str] = ["English Language Arts", "Mathematics"]
+    # Each core subject is a name, or a list of the names and codes it goes by in the data
+    # (OneRoster subjects or subjectCodes), e.g. [Mathematics, Math, "02"].
+    core_subjects: list[str | list[str]] = ["English Language Arts", "Mathematics"]
     discipline_window_days: int = Field(90, ge=1)
 
     @model_validator(mode="after")

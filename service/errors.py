@@ -41,10 +41,13 @@ class PermanentError(CasebridgeError):
 class BadRecord(CasebridgeError):
     """One source record failed validation or mapping; it goes to quarantine with this reason."""
 
-    def __init__(self, reason: str, detail: str = "") -> None:
+    def __init__(self, reason: str, detail: str = "", ref: str | None = None) -> None:
         super().__init__(f"{reason}: {detail}" if detail else reason)
         self.reason = reason
         self.detail = detail
+        # The key of the missing record this one refers to (a student id or number), so the
+        # quarantine can name the quarantined row that caused it.
+        self.ref = ref
 
 
 @dataclass(frozen=True)

@@ -17,8 +17,8 @@ INDICATORS: dict[str, tuple[rule_engine.DataType, str]] = {
     "unexcused_absent_days": (_NUM, "days with an unexcused absence"),
     "excused_absent_days": (_NUM, "days with an excused absence only"),
     "suspension_absent_days": (_NUM, "days absent because suspended"),
-    "absence_rate": (_NUM, "absent_days / enrolled_days (0 when none)"),
-    "attendance_rate": (_NUM, "1 - absence_rate (1 when no enrolled days)"),
+    "absence_rate": (_NUM, "absent_days / enrolled_days (unknown without enrolled days)"),
+    "attendance_rate": (_NUM, "1 - absence_rate (unknown, never 1, without enrolled days)"),
     "unexcused_absence_rate": (_NUM, "unexcused_absent_days / enrolled_days"),
     "chronically_absent": (
         _BOOL,

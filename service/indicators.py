@@ -110,18 +110,20 @@ def compute_indicators(conn: Connection, cfg: IndicatorConfig, as_of: date) -> I
     )
     conn.execute(text("CREATE INDEX ix_tmp_spans ON tmp_spans (student_id)"))
     _analyze(conn, "tmp_spans")
+    _temp(conn, "tmp_cal", "SELECT DISTINCT school_id FROM tmp_ordinals", p)
     _temp(
         conn,
         "tmp_enrolled",
         # The ordinal of the last instructional day on or before each bound: one backward
-        # index step each (MAX(n) would scan every earlier day on PostgreSQL).
-        "SELECT sp.student_id, SUM("
+        # index step each (MAX(n) would scan every earlier day on PostgreSQL). Only spans at a
+        # school with a calendar count: without one, enrolled days are unknown, not zero.
+        "SELECT sp.student_id, SUM(CASE WHEN sp.end_day >= sp.start_day THEN"
         " COALESCE((SELECT o.n FROM tmp_ordinals o WHERE o.school_id = sp.school_id"
         "           AND o.day <= sp.end_day ORDER BY o.day DESC LIMIT 1), 0)"
         " - COALESCE((SELECT o.n FROM tmp_ordinals o WHERE o.school_id = sp.school_id"
         "           AND o.day < sp.start_day ORDER BY o.day DESC LIMIT 1), 0)"
-        ") AS enrolled_days FROM tmp_spans sp WHERE sp.end_day >= sp.start_day "
-        "GROUP BY sp.student_id",
+        " ELSE 0 END) AS enrolled_days FROM tmp_spans sp"
+        " WHERE sp.school_id IN (SELECT school_id FROM tmp_cal) GROUP BY sp.student_id",
         p,
     )
     absent_in = ", ".join(f"'{c}'" for c in ABSENT)
@@ -147,13 +149,8 @@ def compute_indicators(conn: Connection, cfg: IndicatorConfig, as_of: date) -> I
         p,
     )
     fail_letters = ", ".join(f"'{_sql_str(x.upper())}'" for x in cfg.failing_letters) or "''"
-    core = (
-        " OR ".join(
-            f"(',' || COALESCE(c.subjects, co.subjects, '') || ',') LIKE '%,{_sql_str(s)},%'"
-            for s in cfg.core_subjects
-        )
-        or "1 = 0"
-    )
+    core = core_subject_sql(cfg, "COALESCE(c.subjects, co.subjects, '')",
+                            "COALESCE(c.subject_codes, co.subject_codes, '')")  # fmt: skip
     p["period"] = window.grading_period_id or ""
     p["fail_score"] = cfg.failing_score
     _temp(
@@ -183,12 +180,19 @@ def compute_indicators(conn: Connection, cfg: IndicatorConfig, as_of: date) -> I
         p,
     )
     grade_case = " ".join(f"WHEN '{code}' THEN {n}" for code, n in GRADE_CODES.items())
-    enrolled = "COALESCE(en.enrolled_days, 0)"
+    # en.enrolled_days is NULL when the student has no span at a school with a calendar: every
+    # attendance value is then unknown (NULL), and a rule over it neither fires nor passes.
+    enrolled = "en.enrolled_days"
+    known = "en.student_id IS NOT NULL"
     absent = "COALESCE(ab.absent_days, 0)"
     unexcused = "COALESCE(ab.unexcused_days, 0)"
     has_days = f"{enrolled} > 0"
-    enough = f"{enrolled} >= :min_days AND {enrolled} > 0"
+    enough = f"{enrolled} >= :min_days"
     rate = f"{_f(absent)} / {_f(enrolled)}"
+
+    def if_known(expr: str) -> str:
+        return f"CASE WHEN {known} THEN {expr} END"
+
     p.update(
         min_days=cfg.min_enrolled_days,
         chronic=cfg.chronic_absence_rate,
@@ -201,19 +205,25 @@ def compute_indicators(conn: Connection, cfg: IndicatorConfig, as_of: date) -> I
             " enrolled_days, absent_days, unexcused_absent_days, excused_absent_days,"
             " suspension_absent_days, absence_rate, attendance_rate, unexcused_absence_rate,"
             " chronically_absent, approaching_chronic_absence, course_failures,"
-            " core_course_failures, discipline_incidents, suspensions, state_reportable_incidents) "
+            " core_course_failures, discipline_incidents, suspensions, state_reportable_incidents,"
+            " attendance_unknown) "
             f"SELECT s.student_id, s.school_id, CASE UPPER(s.grade_level) {grade_case} END, :as_of,"
-            f" {enrolled}, {absent}, {unexcused}, COALESCE(ab.excused_days, 0),"
-            " COALESCE(ab.suspension_days, 0),"
-            f" CASE WHEN {has_days} THEN {rate} ELSE 0 END,"
-            f" CASE WHEN {has_days} THEN {_f(f'{enrolled} - {absent}')} / {_f(enrolled)}"
-            " ELSE 1 END,"
-            f" CASE WHEN {has_days} THEN {_f(unexcused)} / {_f(enrolled)} ELSE 0 END,"
-            f" CASE WHEN {enough} AND {rate} >= :chronic THEN TRUE ELSE FALSE END,"
-            f" CASE WHEN {enough} AND {rate} >= :approaching AND {rate} < :chronic"
+            f" {enrolled}, {if_known(absent)}, {if_known(unexcused)},"
+            f" {if_known('COALESCE(ab.excused_days, 0)')},"
+            f" {if_known('COALESCE(ab.suspension_days, 0)')},"
+            f" CASE WHEN {has_days} THEN {rate} END,"
+            f" CASE WHEN {has_days} THEN {_f(f'{enrolled} - {absent}')} / {_f(enrolled)} END,"
+            f" CASE WHEN {has_days} THEN {_f(unexcused)} / {_f(enrolled)} END,"
+            f" CASE WHEN NOT ({has_days}) OR {enrolled} IS NULL THEN NULL"
+            f" WHEN {enough} AND {rate} >= :chronic THEN TRUE ELSE FALSE END,"
+            f" CASE WHEN NOT ({has_days}) OR {enrolled} IS NULL THEN NULL"
+            f" WHEN {enough} AND {rate} >= :approaching AND {rate} < :chronic"
             " THEN TRUE ELSE FALSE END,"
             " COALESCE(fa.failures, 0), COALESCE(fa.core_failures, 0),"
-            " COALESCE(di.incidents, 0), COALESCE(di.suspensions, 0), COALESCE(di.reportable, 0)"
+            " COALESCE(di.incidents, 0), COALESCE(di.suspensions, 0), COALESCE(di.reportable, 0),"
+            f" CASE WHEN {known} THEN NULL WHEN EXISTS (SELECT 1 FROM tmp_spans sp"
+            "  WHERE sp.student_id = s.student_id AND sp.school_id IS NOT NULL)"
+            " THEN 'no_calendar' ELSE 'no_enrollment' END"
             " FROM students s"
             " LEFT JOIN tmp_enrolled en ON en.student_id = s.student_id"
             " LEFT JOIN tmp_absent ab ON ab.student_id = s.student_id"
@@ -223,10 +233,67 @@ def compute_indicators(conn: Connection, cfg: IndicatorConfig, as_of: date) -> I
         ),
         p,
     )
-    for name in ("tmp_ordinals", "tmp_spans", "tmp_enrolled", "tmp_absent", "tmp_failures",
-                 "tmp_discipline"):  # fmt: skip
+    for name in ("tmp_ordinals", "tmp_spans", "tmp_cal", "tmp_enrolled", "tmp_absent",
+                 "tmp_failures", "tmp_discipline"):  # fmt: skip
         conn.execute(text(f"DROP TABLE IF EXISTS {name}"))
     return window
+
+
+def core_subject_names(cfg: IndicatorConfig) -> list[list[str]]:
+    """Each configured core subject as its list of accepted names and codes."""
+    return [[entry] if isinstance(entry, str) else list(entry) for entry in cfg.core_subjects]
+
+
+def _matches(names: list[str], subjects: str, codes: str) -> str:
+    """SQL: a comma-separated subjects or codes column holds one of `names`, any case."""
+    return " OR ".join(
+        f"(',' || LOWER({col}) || ',') LIKE '%,{_sql_str(n.lower())},%'"
+        for n in names
+        for col in (subjects, codes)
+    )
+
+
+def core_subject_sql(cfg: IndicatorConfig, subjects: str, codes: str) -> str:
+    names = [n for group in core_subject_names(cfg) for n in group]
+    return _matches(names, subjects, codes) if names else "1 = 0"
+
+
+def core_subject_warnings(conn: Connection, cfg: IndicatorConfig) -> list[str]:
+    """A configured core subject that matches no active course or class shrinks course-failure
+    flags without a word: say which, and which subjects the data does use."""
+    warnings: list[str] = []
+    for group in core_subject_names(cfg):
+        match = _matches(group, "COALESCE(subjects, '')", "COALESCE(subject_codes, '')")
+        found = conn.execute(
+            text(
+                f"SELECT (SELECT COUNT(*) FROM courses WHERE active AND ({match}))"
+                f" + (SELECT COUNT(*) FROM classes WHERE active AND ({match}))"
+            )
+        ).scalar_one()
+        if found:
+            continue
+        seen: set[str] = set()
+        for (value,) in conn.execute(
+            text("SELECT DISTINCT subjects FROM courses WHERE active AND subjects IS NOT NULL")
+        ):
+            seen.update(v for v in str(value).split(",") if v)
+        listed = ", ".join(sorted(seen)[:12]) or "none"
+        warnings.append(
+            f"core subject {' / '.join(group)!r} matches no course or class (subjects in the "
+            f"data: {listed}); list the names or codes it goes by in indicators.core_subjects"
+        )
+    return warnings
+
+
+def unknown_attendance(conn: Connection) -> dict[tuple[str, str], int]:
+    """(school, why) -> students whose attendance indicators are unknown after the last run."""
+    rows = conn.execute(
+        text(
+            "SELECT COALESCE(school_id, ''), attendance_unknown, COUNT(*) FROM student_indicators"
+            " WHERE attendance_unknown IS NOT NULL GROUP BY school_id, attendance_unknown"
+        )
+    )
+    return {(school, why): int(n) for school, why, n in rows}
 
 
 def _sql_str(value: str) -> str:

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import structlog
-from sqlalchemy import Connection, Engine, String, any_, bindparam, delete, select, update
+from sqlalchemy import Connection, Engine, String, any_, bindparam, delete, func, select, update
 from sqlalchemy.dialects.postgresql import ARRAY
 
 from connectors.base import Chunk, RawRow, Source, Stream
@@ -27,12 +27,22 @@ from mappings.spec import EntityMapping, Lookups
 from service.bulk import BOOKKEEPING, dialect_insert, merge, table
 from service.clock import utcnow
 from service.errors import BadRecord
-from service.models import Student, SyncRun, UserRole
+from service.ingest_checks import (
+    canonical_header,
+    dangling_links,
+    deactivation_counts,
+    drop_links,
+    knock_on_causes,
+    rejected,
+    safe_payload,
+    too_long,
+)
+from service.models import School, Student, SyncRun, UserRole
 
 log = structlog.get_logger(__name__)
 
 # Bump when a mapping's output for the same input changes: unchanged chunks are then re-read.
-MAPPING_VERSION = b"mappings-v1"
+MAPPING_VERSION = b"mappings-v2"
 BATCH_ROWS = 8000
 LOOKUP_SLICE = 5000
 
@@ -49,6 +59,16 @@ class EntityStats:
     ignored: int = 0  # rows that map to nothing we keep (teachers in users.csv)
     quarantined: Counter[str] = field(default_factory=Counter)
     problems: list[str] = field(default_factory=list)
+    # Why the stream was skipped or refused (a missing file, a bad header, the deactivation
+    # guard): the sync then exits non-zero. None: it ran.
+    refused: str | None = None
+    # table -> [inserted, updated, deactivated], so guardians and links count apart from students
+    tables: dict[str, list[int]] = field(default_factory=dict)
+    # Contacts with a phone field that gave no usable number (active, after this stream).
+    unusable_phones: int = 0
+
+    def table_counts(self, name: str) -> list[int]:
+        return self.tables.setdefault(name, [0, 0, 0])
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -60,6 +80,9 @@ class EntityStats:
             "ignored": self.ignored,
             "quarantined": dict(self.quarantined),
             "problems": list(self.problems),
+            "refused": self.refused,
+            "tables": dict(self.tables),
+            "unusable_phones": self.unusable_phones,
         }
 
 
@@ -78,6 +101,10 @@ class SyncReport:
             out.update(s.quarantined)
         return out
 
+    def refused(self) -> list[str]:
+        """Every stream that was skipped or refused, with why."""
+        return [f"{e}: {s.refused}" for e, s in self.entities.items() if s.refused]
+
 
 def _row_digest(values: tuple[Any, ...]) -> int:
     raw = hashlib.blake2b(repr(values).encode(), digest_size=8).digest()
@@ -89,7 +116,7 @@ def quarantine(
 ) -> None:
     """Keep the record, its reason and where it came from; the same bad record is counted once."""
     now = utcnow()
-    payload = dict(raw.data)
+    payload = safe_payload(raw.data)
     fingerprint = digest64(
         source.encode(), entity.encode(), reason.encode(), repr(sorted(payload.items())).encode()
     )
@@ -146,6 +173,15 @@ def _lookup(conn: Connection, need: str, keys: list[str], into: Lookups) -> None
                 _among(conn, dr.c.report_id, part), dr.c.active.is_(True)
             )
             into.incident_reports.update({r[0]: (r[1], bool(r[2])) for r in conn.execute(q5)})
+        elif need == "schools":
+            q6 = select(School.school_id, School.identifier).where(
+                _among(conn, School.school_id, part) | _among(conn, School.identifier, part),
+                School.active.is_(True),
+            )
+            for school_id, number in conn.execute(q6):
+                into.school_ids.add(school_id)
+                if number:
+                    into.school_by_number[number] = school_id
         elif need == "line_items":
             lt = table("line_items")
             q4 = select(lt.c.line_item_id, lt.c.class_id, lt.c.grading_period_id).where(
@@ -168,8 +204,12 @@ class Importer:
         progress: ProgressFn | None = None,
         full: bool = False,
         dry_run: bool = False,
+        allow_deactivation: bool = False,
     ) -> None:
         self.full = full
+        self.allow_deactivation = allow_deactivation
+        # File sources set the share of active rows a bulk stream may deactivate (None: no guard).
+        self.max_deactivation_share: float | None = getattr(source, "max_deactivation_share", None)
         self.dry_run = dry_run
         self.engine = engine
         self.source = source
@@ -256,16 +296,27 @@ class Importer:
             stats.problems.append(problem.detail)
             self._file_problem(conn, stream, problem.reason, problem.detail)
         if stream.problems:
+            stats.refused = "; ".join(p.detail for p in stream.problems)
+            log.warning("sync.stream_skipped", source=source, stream=stream.name,
+                        reason=stream.problems[0].reason)  # fmt: skip
             return
         if not stream.resumable:  # files have headers to check; API records do not
+            stream.header = canonical_header(stream.header, mapping.known)
             messages, readable = self._header_problems(stream, mapping)
             stats.problems.extend(messages)
             if not readable:
                 self._file_problem(conn, stream, "bad_header", "; ".join(messages))
+                stats.refused = "bad header: " + "; ".join(messages)
                 log.warning(
                     "sync.stream_skipped", source=source, stream=stream.name, reason="bad_header"
                 )
                 return
+        if (
+            stream.mode == "bulk"
+            and stream.records == 0
+            and self._refuse_empty(conn, stream, mapping, stats)
+        ):
+            return
         deps = b"".join(self.file_digests.get(d, b"") for d in mapping.depends_on)
         stream.context_fingerprint = hashlib.blake2b(
             MAPPING_VERSION + self.config_fingerprint + stream.name.encode() + deps, digest_size=16
@@ -276,6 +327,8 @@ class Importer:
         generation = 0
         if bulk:
             known = {r[0] for r in conn.execute(select(ic.c.digest).where(where, ic.c.rows >= 0))}
+            if stream.duplicate_keys:
+                known = set()  # every copy of a repeated key must be seen to be quarantined
             generation = self._generation(conn, stream)
         else:
             # A delta changes rows behind the bulk cache's back: the next bulk must re-read every
@@ -308,6 +361,55 @@ class Importer:
         ).digest()
         if bulk:
             self._finish_bulk(conn, stream, mapping, generation, stats)
+        if {"contacts", "student_contacts"} <= set(mapping.tables):
+            self._check_links(conn, stream, stats)
+
+    def _refuse_empty(
+        self, conn: Connection, stream: Stream, mapping: EntityMapping, stats: EntityStats
+    ) -> bool:
+        """A header-only bulk file (an export that failed half-way) would deactivate all it fed."""
+        t = table(mapping.tables[0])
+        active = conn.execute(
+            select(t.c.source).where(t.c.source == self.source.name, t.c.active.is_(True)).limit(1)
+        ).first()
+        if active is None:
+            return False  # nothing it could deactivate: an empty file is simply empty
+        if self.allow_deactivation:
+            stats.problems.append(
+                f"{stream.location}: empty; everything it fed is deactivated (--allow-deactivation)"
+            )
+            return False
+        detail = (
+            f"{stream.location}: the file has a header and no records; as a full snapshot it "
+            "would deactivate everything it fed, so nothing was changed (empty-file guard; run "
+            "`casebridge sync --allow-deactivation` if this is intended)"
+        )
+        stats.problems.append(detail)
+        stats.refused = detail
+        self._file_problem(conn, stream, "empty_file", detail)
+        log.warning("sync.stream_refused", source=self.source.name, stream=stream.name,
+                    reason="empty_file")  # fmt: skip
+        return True
+
+    def _check_links(self, conn: Connection, stream: Stream, stats: EntityStats) -> None:
+        """A guardian link naming a person nobody sent is quarantined, not kept dangling."""
+        links = dangling_links(conn, self.source.name)
+        if not links:
+            return
+        causes = knock_on_causes(conn, self.source.name, {s for s, _c, _m in links}
+                                 | {c for _s, c, _m in links})  # fmt: skip
+        for student, contact, missing in links:
+            ref = student if missing == "student" else contact
+            detail = f"links student {student!r} and contact {contact!r}; no {missing} {ref!r}"
+            if ref in causes:
+                detail += f"; {causes[ref]}"
+            raw = RawRow(stream.location, {"sourcedId": ref, "studentSourcedId": student,
+                                           "agentSourcedId": contact})  # fmt: skip
+            quarantine(conn, self.source.name, stream.name, raw, "unknown_person", detail)
+            stats.quarantined["unknown_person"] += 1
+        drop_links(conn, self.source.name, links)
+        stats.table_counts("student_contacts")[2] += len(links)
+        self._commit(conn)
 
     def _generation(self, conn: Connection, stream: Stream) -> int:
         """The id of this full pull; a resumed pull keeps the one it started with."""
@@ -351,13 +453,28 @@ class Importer:
         # table -> primary key -> full row tuple (the last occurrence of a key in a file wins)
         out: dict[str, dict[tuple[Any, ...], tuple[Any, ...]]] = {t: {} for t in mapping.tables}
         bad_chunks: set[int] = set()
+        failed: list[tuple[RawRow, BadRecord]] = []
+        dup_column = stream.key_column if stream.duplicate_keys else None
         for digest, raw in rows:
             try:
+                problem = rejected(raw)
+                if problem is not None:
+                    raise BadRecord(*problem)
+                if dup_column and (raw.data.get(dup_column) or "").strip() in stream.duplicate_keys:
+                    raise BadRecord(
+                        "duplicate_key",
+                        f"{dup_column} {raw.data.get(dup_column)!r} "
+                        "appears more than once in the file; every copy is held back",
+                    )
                 mapped = mapping.map_row(raw.data, lookups)
+                for table_name, values in mapped:
+                    long = too_long(table_name, values)
+                    if long:
+                        raise BadRecord("field_too_long", long)
             except BadRecord as exc:
                 stats.quarantined[exc.reason] += 1
                 bad_chunks.add(digest)
-                quarantine(conn, source, stream.name, raw, exc.reason, exc.detail)
+                failed.append((raw, exc))
                 continue
             except Exception as exc:
                 # A mapping that is not total (a KeyError on a record shape nobody expected):
@@ -373,10 +490,20 @@ class Importer:
             for table_name, values in mapped:
                 key, row = _canonical_row(table_name, values, source, digest)
                 out[table_name][key] = row
+        # A record missing because its own row was quarantined says which row that was.
+        causes = knock_on_causes(conn, source, {e.ref for _r, e in failed if e.ref})
+        for raw, bad in failed:
+            detail = bad.detail
+            if bad.ref in causes:
+                detail = f"{detail}; {causes[bad.ref]}"
+            quarantine(conn, source, stream.name, raw, bad.reason, detail)
         for table_name, keyed in out.items():
             inserted, updated = merge(
                 conn, table(table_name), list(keyed.values()), bulk, table_name in self._direct
             )
+            counts = stats.table_counts(table_name)
+            counts[0] += inserted
+            counts[1] += updated
             if table_name == mapping.tables[0]:
                 stats.inserted += inserted
                 stats.updated += updated
@@ -470,6 +597,8 @@ class Importer:
         source = self.source.name
         ic = table("ingest_chunks")
         mine = (ic.c.source == source) & (ic.c.file == stream.location)
+        if self._guard_refuses(conn, stream, mapping, generation, stats):
+            return
         conn.execute(delete(ic).where(mine, ic.c.generation != generation))
         # Several streams may feed one table (school and section attendance): a row stays while
         # any current chunk of this source holds it.
@@ -486,10 +615,55 @@ class Importer:
                 # A zero hash makes the row's return in a later file count as an update.
                 .values(active=False, row_hash=0)
             )
+            stats.table_counts(table_name)[2] += result.rowcount
             if table_name == mapping.tables[0]:
                 stats.deactivated += result.rowcount
+        if "contacts" in mapping.tables:
+            ct = table("contacts")
+            stats.unusable_phones = conn.execute(
+                select(func.count()).where(
+                    ct.c.source == source, ct.c.active.is_(True), ct.c.phone_issue.is_not(None)
+                )
+            ).scalar_one()
         clear_cursor(conn, source, f"{stream.name}#generation")
         self._commit(conn)
+
+    def _guard_refuses(
+        self,
+        conn: Connection,
+        stream: Stream,
+        mapping: EntityMapping,
+        generation: int,
+        stats: EntityStats,
+    ) -> bool:
+        """True (and nothing deactivated) when this bulk stream would deactivate more than the
+        configured share of the active rows of any table it feeds."""
+        share = self.max_deactivation_share
+        if share is None or self.allow_deactivation:
+            return False
+        ic = table("ingest_chunks")
+        stale = (ic.c.file == stream.location) & (ic.c.generation != generation)
+        keep = select(ic.c.digest).where(ic.c.source == self.source.name, ~stale)
+        over = [
+            c
+            for c in deactivation_counts(conn, self.source.name, mapping.tables, keep)
+            if c.would > 0 and c.would > share * c.active
+        ]
+        if not over:
+            return False
+        what = ", ".join(f"{c.would:,} of {c.active:,} active {c.table}" for c in over)
+        detail = (
+            f"{stream.location}: would deactivate {what}, more than max_deactivation_share "
+            f"{share:.0%} (deactivation guard); nothing was deactivated. Run `casebridge sync "
+            "--allow-deactivation` if these records really are gone"
+        )
+        stats.problems.append(detail)
+        stats.refused = detail
+        clear_cursor(conn, self.source.name, f"{stream.name}#generation")
+        self._file_problem(conn, stream, "deactivation_guard", detail)
+        log.warning("sync.stream_refused", source=self.source.name, stream=stream.name,
+                    reason="deactivation_guard")  # fmt: skip
+        return True
 
 
 def _key_of(record: dict[str, Any], column: str | Callable[[dict[str, Any]], str]) -> str:

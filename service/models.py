@@ -82,6 +82,7 @@ class Course(SourceRow, Base):
     title: Mapped[str] = mapped_column(String(255))
     course_code: Mapped[str | None] = mapped_column(String(64))
     subjects: Mapped[str | None] = mapped_column(String(255))
+    subject_codes: Mapped[str | None] = mapped_column(String(255))  # e.g. SCED "02"
     org_id: Mapped[str | None] = mapped_column(Key)
 
 
@@ -93,6 +94,7 @@ class SchoolClass(SourceRow, Base):
     school_id: Mapped[str | None] = mapped_column(Key, index=True)
     class_type: Mapped[str | None] = mapped_column(String(32))
     subjects: Mapped[str | None] = mapped_column(String(255))
+    subject_codes: Mapped[str | None] = mapped_column(String(255))
 
 
 class Student(SourceRow, Base):
@@ -126,6 +128,9 @@ class Contact(SourceRow, Base):
     )
     # Consent evidence (TCPA): the family gave the number to the school for school matters.
     consent_basis: Mapped[str | None] = mapped_column(String(64))
+    # Why a phone field the source sent gave no usable number ("sms:no_digits"), so staff see
+    # "no textable number" instead of a silent gap.
+    phone_issue: Mapped[str | None] = mapped_column(String(64))
 
 
 class ContactPreference(Base):
@@ -305,16 +310,19 @@ class StudentIndicators(Base):
     school_id: Mapped[str | None] = mapped_column(Key)
     grade_level: Mapped[float | None] = mapped_column(Float)
     as_of: Mapped[date] = mapped_column(Date)
-    enrolled_days: Mapped[float] = mapped_column(Float)
-    absent_days: Mapped[float] = mapped_column(Float)
-    unexcused_absent_days: Mapped[float] = mapped_column(Float)
-    excused_absent_days: Mapped[float] = mapped_column(Float)
-    suspension_absent_days: Mapped[float] = mapped_column(Float)
-    absence_rate: Mapped[float] = mapped_column(Float)
-    attendance_rate: Mapped[float] = mapped_column(Float)
-    unexcused_absence_rate: Mapped[float] = mapped_column(Float)
-    chronically_absent: Mapped[bool] = mapped_column(Boolean)
-    approaching_chronic_absence: Mapped[bool] = mapped_column(Boolean)
+    # NULL: unknown (no calendar for the student's school, no enrollment), never a perfect 1.0.
+    enrolled_days: Mapped[float | None] = mapped_column(Float)
+    absent_days: Mapped[float | None] = mapped_column(Float)
+    unexcused_absent_days: Mapped[float | None] = mapped_column(Float)
+    excused_absent_days: Mapped[float | None] = mapped_column(Float)
+    suspension_absent_days: Mapped[float | None] = mapped_column(Float)
+    absence_rate: Mapped[float | None] = mapped_column(Float)
+    attendance_rate: Mapped[float | None] = mapped_column(Float)
+    unexcused_absence_rate: Mapped[float | None] = mapped_column(Float)
+    chronically_absent: Mapped[bool | None] = mapped_column(Boolean)
+    approaching_chronic_absence: Mapped[bool | None] = mapped_column(Boolean)
+    # Why attendance is unknown: "no_calendar" or "no_enrollment" (NULL when known).
+    attendance_unknown: Mapped[str | None] = mapped_column(String(32))
     course_failures: Mapped[float] = mapped_column(Float)
     core_course_failures: Mapped[float] = mapped_column(Float)
     discipline_incidents: Mapped[float] = mapped_column(Float)

@@ -47,8 +47,9 @@ def run_sync(
     progress: ProgressFn | None = None,
     full: bool = False,
     dry_run: bool = False,
+    allow_deactivation: bool = False,
 ) -> list[SyncReport]:
-    return sync_sources(engine, settings, only, progress, full, dry_run)
+    return sync_sources(engine, settings, only, progress, full, dry_run, allow_deactivation)
 
 
 def run_evaluate(engine: Engine, settings: Settings, as_of: date | None = None) -> EvaluationReport:

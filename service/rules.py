@@ -7,12 +7,15 @@ translator does not know falls back to rule-engine itself, row by row, so it sti
 
 from __future__ import annotations
 
+import re
+from collections import Counter
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
 import rule_engine
 import rule_engine.ast as ast
+from sqlalchemy import Connection, text
 
 from service.config import RuleConfig
 from service.indicator_names import INDICATORS, rule_context
@@ -85,3 +88,30 @@ def compile_rules(rules: list[RuleConfig]) -> list[CompiledRule]:
         CompiledRule(r, rule_engine.Rule(r.when, context=rule_context()), to_sql(r.when))
         for r in rules
     ]
+
+
+def _names_in(expression: str) -> set[str]:
+    return {name for name in INDICATORS if re.search(rf"\b{name}\b", expression)}
+
+
+def unknown_counts(conn: Connection, rules: list[CompiledRule]) -> Counter[str]:
+    """Per rule, the students it could not judge because an indicator it reads is unknown
+    (NULL): such a rule neither fires nor passes for them, and the summary says how many."""
+    out: Counter[str] = Counter()
+    sql_rules = [(i, r) for i, r in enumerate(rules) if r.sql]
+    if sql_rules:
+        sums = ", ".join(
+            f"SUM(CASE WHEN ({r.sql}) IS NULL THEN 1 ELSE 0 END) AS u{i}" for i, r in sql_rules
+        )
+        row = conn.execute(text(f"SELECT {sums} FROM student_indicators si")).mappings().one()
+        for i, r in sql_rules:
+            if row[f"u{i}"]:
+                out[r.config.id] = int(row[f"u{i}"])
+    py_rules = [(r, sorted(_names_in(r.config.when))) for r in rules if not r.sql]
+    if py_rules:
+        cols = ", ".join(f"si.{c}" for c in INDICATORS)
+        for values in conn.execute(text(f"SELECT {cols} FROM student_indicators si")).mappings():
+            for r, names in py_rules:
+                if any(values[n] is None for n in names) and not r.matches(dict(values)):
+                    out[r.config.id] += 1
+    return out

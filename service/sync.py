@@ -30,8 +30,12 @@ def sync_sources(
     progress: ProgressFn | None = None,
     full: bool = False,
     dry_run: bool = False,
+    allow_deactivation: bool = False,
 ) -> list[SyncReport]:
-    """Import every configured source (or just `only`); one failing source does not stop others."""
+    """Import every configured source (or just `only`); one failing source does not stop others.
+
+    `allow_deactivation` lets a bulk file deactivate more than its source's
+    max_deactivation_share (and an empty file deactivate everything it fed)."""
     reports: list[SyncReport] = []
     for cfg in settings.sources:
         if only and cfg.name != only:
@@ -40,8 +44,9 @@ def sync_sources(
         try:
             built = build_source(settings, cfg)
             importer = Importer(
-                engine, built.source, built.mappings, built.fingerprint, progress, full, dry_run
-            )
+                engine, built.source, built.mappings, built.fingerprint, progress, full, dry_run,
+                allow_deactivation,
+            )  # fmt: skip
             reports.append(importer.run())
             if built.source.places_students and not dry_run:
                 place_students(engine, cfg.name)

@@ -14,7 +14,11 @@ def reference(text: str) -> str | None:
         parsed = phonenumbers.parse(text, "US")
     except phonenumbers.NumberParseException:
         return None
-    if not phonenumbers.is_possible_number(parsed):
+    # A local-only number (no area code) cannot be dialled or texted.
+    if (
+        phonenumbers.is_possible_number_with_reason(parsed)
+        != phonenumbers.ValidationResult.IS_POSSIBLE
+    ):
         return None
     return phonenumbers.format_number(parsed, phonenumbers.PhoneNumberFormat.E164)
 
@@ -37,3 +41,4 @@ def test_fast_phone_path_matches_phonenumbers(a: int, b: int, c: int, fmt: str) 
 def test_numbers_outside_north_america_and_junk() -> None:
     for text in ["+44 20 7946 0958", "555-0101", "212 555 0101 x12", "call me", "", None]:
         assert phone_e164(text) == (reference(text) if text else None)
+    assert phone_e164("555-0101") is None  # seven digits: no area code, nothing to text

@@ -250,9 +250,12 @@ def test_referential_integrity(big: tuple[GenerationSummary, District]) -> None:
         assert r["studentSourcedId"] in d.students
     for li in d.line_items.values():
         assert li["classSourcedId"] in d.classes
+    # The SIS export names schools by number (orgs.identifier), as real exports do.
+    numbers = {o["identifier"] for o in d.orgs if o["type"] == "school"}
     for a in d.attendance:
         assert a["StudentNumber"] in d.by_number
-        assert a["SchoolCode"] in schools
+        assert a["SchoolCode"] in numbers and a["SchoolCode"] not in schools
+    assert {c["SchoolCode"] for c in d.calendar} == numbers
     for x in d.discipline:
         assert x["StudentNumber"] in d.by_number
     # agents point both ways

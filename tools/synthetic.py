@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import bisect
 import csv
+import io
 import math
 import random
 import unicodedata
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from datetime import date, timedelta
@@ -257,6 +258,8 @@ class GenerationSummary:
     bad_rows: int
     bytes_written: int
     files: dict[str, int] = field(default_factory=dict)
+    # quirk -> what was injected (file, line, the record's sourcedId), see QUIRKS
+    quirks: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -353,6 +356,7 @@ class _Generator:
             raise ValueError("bad_rows must be >= 0")
         self.n = students
         self.seed = seed
+        self.sis_school_ids = "number"
         self.as_of = as_of
         self.v12 = version == "1.2"
         self.version = version
@@ -407,6 +411,10 @@ class _Generator:
         self.seq_next: dict[str, Iterator[int]] = {p: count(1) for p in ("rol", "enr", "res")}
 
     # -- helpers -------------------------------------------------------------------------
+
+    def sis_code(self, school: _School) -> str:
+        """How the SIS export names a school: its number (orgs.identifier), as real ones do."""
+        return school.identifier if self.sis_school_ids == "number" else school.sid
 
     def uid(self) -> str:
         h = f"{self.rng.getrandbits(128):032x}"
@@ -581,7 +589,8 @@ class _Generator:
         calendar = sinks["calendar"]
         weekday_rows = [(d.isoformat(), "N" if d in _HOLIDAYS else "Y") for d in self.weekdays]
         for school in self.schools:
-            calendar.rows_([[school.sid, ds, flag] for ds, flag in weekday_rows])
+            code = self.sis_code(school)
+            calendar.rows_([[code, ds, flag] for ds, flag in weekday_rows])
 
     def pick_name(self, lang: str) -> tuple[str, str]:
         given, family = _NAMES[lang]
@@ -780,11 +789,14 @@ class _Generator:
         self.counts["enrollments"] += len(classes)
 
         self.write_results(sinks["results"], sid, classes, b, e, end_idx, tier, rate)
-        self.write_attendance(sinks["attendance"], number, school.sid, b, e, tier, rate, oss)
+        self.write_attendance(
+            sinks["attendance"], number, self.sis_code(school), b, e, tier, rate, oss
+        )
         disc = sinks["discipline"]
         for x, behavior, action, days in incidents:
             self.inc_idx += 1
-            disc.row([f"inc-{self.inc_idx:07d}", number, school.sid, day_str[x], behavior, action,
+            disc.row([f"inc-{self.inc_idx:07d}", number, self.sis_code(school), day_str[x],
+                      behavior, action,
                       str(days), "Y" if behavior in _STATE_REPORTABLE else "N"])  # fmt: skip
             self.counts["discipline"] += 1
         return sid
@@ -967,7 +979,8 @@ class _Generator:
         elif target == "attendance":
             sinks["attendance"].bad_row(
                 [f"att-{next(self.att_ids):09d}",
-                 self.unknown_number() if kind == "unknown_student" else number, school.sid,
+                 self.unknown_number() if kind == "unknown_student" else number,
+                 self.sis_code(school),
                  bad_date if kind == "bad_date" else day, "",
                  "ZZ" if kind == "bad_code" else "A"]
             )  # fmt: skip
@@ -975,7 +988,8 @@ class _Generator:
             self.inc_idx += 1
             sinks["discipline"].bad_row(
                 [f"inc-{self.inc_idx:07d}",
-                 self.unknown_number() if kind == "unknown_student" else number, school.sid,
+                 self.unknown_number() if kind == "unknown_student" else number,
+                 self.sis_code(school),
                  bad_date if kind == "bad_date" else day, "DISRUPT", "WARN", "0", "N"]
             )  # fmt: skip
 
@@ -987,14 +1001,24 @@ def generate_district(
     as_of: date = date(2026, 11, 20),
     oneroster_version: str = "1.2",
     bad_rows: int = 0,
+    sis_school_ids: str = "number",
+    quirks: Sequence[str] = (),
 ) -> GenerationSummary:
     """Write a synthetic district to ``out_dir/oneroster/`` and ``out_dir/sis/``.
 
     Same arguments give byte-identical files. ``bad_rows`` malformed rows are spread over
     users, enrollments, results, attendance and discipline, away from the file ends.
+    ``sis_school_ids``: the SIS export names schools by ``number`` (orgs.identifier, like real
+    exports) or by ``sourcedId``. ``quirks`` (see ``QUIRKS``) add real-world export damage.
     """
     out_dir = Path(out_dir)
+    if sis_school_ids not in ("number", "sourcedId"):
+        raise ValueError(f"sis_school_ids must be 'number' or 'sourcedId', not {sis_school_ids!r}")
+    unknown = sorted(set(quirks) - set(QUIRKS))
+    if unknown:
+        raise ValueError(f"unknown quirks {unknown}; known: {', '.join(QUIRKS)}")
     gen = _Generator(out_dir, students, seed, as_of, oneroster_version, bad_rows)
+    gen.sis_school_ids = sis_school_ids
     gen.plan()
     names = [
         "manifest", "orgs", "academicSessions", "categories", "courses", "classes", "users",
@@ -1014,6 +1038,7 @@ def generate_district(
         gen.write_static(sinks)
         gen.write_students(sinks)
     files = {sink.path.relative_to(out_dir).as_posix(): sink.rows for sink in sinks.values()}
+    injected = _apply_quirks(out_dir, quirks, random.Random(f"quirks-{seed}"), files)
     return GenerationSummary(
         students=students,
         guardians=gen.counts["guardians"],
@@ -1028,4 +1053,116 @@ def generate_district(
         bad_rows=sum(sink.bad for sink in sinks.values()),
         bytes_written=sum(sink.path.stat().st_size for sink in sinks.values()),
         files=files,
+        quirks=injected,
     )
+
+
+# What real exports do to files, each applied after the clean files are written:
+QUIRKS: dict[str, str] = {
+    "space_agents": "users.csv agentSourcedIds separated by spaces instead of commas",
+    "latin1": "one users.csv student row with a non-ASCII name encoded as Latin-1",
+    "nul": "a NUL byte in one guardian's given name in users.csv",
+    "huge_field": "a 10 MB comment in one results.csv row",
+    "unclosed_quote": "a quote in discipline.csv that stays open over the next 12 lines",
+    "duplicate_ids": "one users.csv student row repeated later with another given name",
+    "header_only_users": "users.csv holds its header and no records",
+    "header_only_attendance": "attendance.csv holds its header and no records",
+}
+
+
+def _lines(path: Path) -> list[bytes]:
+    return path.read_bytes().splitlines(keepends=True)
+
+
+def _apply_quirks(
+    out_dir: Path, quirks: Sequence[str], rng: random.Random, files: dict[str, int]
+) -> dict[str, str]:
+    done: dict[str, str] = {}
+    users = out_dir / "oneroster" / "users.csv"
+
+    def users_rows() -> tuple[list[str], list[list[str]]]:
+        # surrogateescape: a Latin-1 byte an earlier quirk wrote survives the rewrite
+        with users.open(encoding="utf-8", errors="surrogateescape", newline="") as fh:
+            all_rows = list(csv.reader(fh))
+        return all_rows[0], all_rows[1:]
+
+    def pick(rows: list[list[str]], ok: Callable[[list[str]], bool]) -> int:
+        # Away from the file ends, like the damage real exports show.
+        candidates = [i for i in range(len(rows) // 4, len(rows)) if ok(rows[i])]
+        return candidates[rng.randrange(len(candidates))] if candidates else -1
+
+    header, rows = users_rows()
+    col = {name: i for i, name in enumerate(header)}
+    students = {r[0] for r in rows if r[col["grades"]]}
+    for quirk in quirks:
+        if quirk == "space_agents":
+            header, rows = users_rows()
+            for r in rows:
+                r[col["agentSourcedIds"]] = r[col["agentSourcedIds"]].replace(",", " ")
+            _write_rows(users, header, rows)
+            done[quirk] = "users.csv agentSourcedIds"
+        elif quirk in ("latin1", "nul", "duplicate_ids"):
+            header, rows = users_rows()
+            if quirk == "nul":
+                i = pick(rows, lambda r: r[0] not in students and r[col["email"]] != "")
+            elif quirk == "latin1":
+                i = pick(rows, lambda r: r[0] in students and not r[col["givenName"]].isascii()
+                         and r[col["givenName"]].encode("cp1252", "ignore").decode("cp1252")
+                         == r[col["givenName"]])  # fmt: skip
+            else:
+                i = pick(rows, lambda r: r[0] in students)
+            if i < 0:
+                continue
+            target = rows[i]
+            if quirk == "nul":
+                name = target[col["givenName"]]
+                target[col["givenName"]] = name[:2] + "\x00" + name[2:]
+            if quirk == "duplicate_ids":
+                copy = list(target)
+                copy[col["givenName"]] = "Duplicate"
+                rows.insert(min(len(rows), i + 1 + len(rows) // 8), copy)
+                files["oneroster/users.csv"] += 1
+            _write_rows(users, header, rows, latin1_row=i if quirk == "latin1" else -1)
+            done[quirk] = f"users.csv line {i + 2} sourcedId {target[0]}"
+        elif quirk == "huge_field":
+            path = out_dir / "oneroster" / "results.csv"
+            lines = _lines(path)
+            i = len(lines) // 2
+            fields = lines[i].rstrip(b"\n").split(b",")
+            fields[-1] = b"x" * 10_000_000
+            lines[i] = b",".join(fields) + b"\n"
+            path.write_bytes(b"".join(lines))
+            done[quirk] = f"results.csv line {i + 1} sourcedId {fields[0].decode()}"
+        elif quirk == "unclosed_quote":
+            path = out_dir / "sis" / "discipline.csv"
+            lines = _lines(path)
+            if len(lines) < 3:
+                continue
+            i = max(1, len(lines) // 3)
+            fields = lines[i].split(b",")
+            fields[4] = b'"' + fields[4]  # BehaviorCode opens a quote that never closes here
+            lines[i] = b",".join(fields)
+            close = min(len(lines) - 1, i + 12)
+            if close > i:
+                fields = lines[close].split(b",")
+                fields[4] = fields[4] + b'"'
+                lines[close] = b",".join(fields)
+            path.write_bytes(b"".join(lines))
+            done[quirk] = f"discipline.csv line {i + 1}"
+        elif quirk in ("header_only_users", "header_only_attendance"):
+            name = "oneroster/users.csv" if quirk == "header_only_users" else "sis/attendance.csv"
+            path = out_dir / name
+            path.write_bytes(_lines(path)[0])
+            files[name] = 0
+            done[quirk] = name
+    return done
+
+
+def _write_rows(path: Path, header: list[str], rows: list[list[str]], latin1_row: int = -1) -> None:
+    with path.open("wb") as fh:
+        for i, row in enumerate([header, *rows]):
+            buf = io.StringIO()
+            csv.writer(buf, lineterminator="\n").writerow(row)
+            line = buf.getvalue()
+            fh.write(line.encode("cp1252") if i - 1 == latin1_row else
+                     line.encode("utf-8", "surrogateescape"))  # fmt: skip

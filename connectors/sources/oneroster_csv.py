@@ -17,14 +17,14 @@ from connectors.base import (
     config_fingerprint,
 )
 from connectors.registry import register
-from connectors.sources.csv_chunks import decode, iter_chunks, read_header
+from connectors.sources.csv_chunks import CsvFileOptions, decode, open_stream, read_stream
 from connectors.sources.file_package import FilePackage
 from mappings.oneroster import entity_mappings
 from service.config import Settings, SourceSettings
 from service.errors import PermanentError
 
 
-class OneRosterCsvSettings(SourceSettings):
+class OneRosterCsvSettings(SourceSettings, CsvFileOptions):
     """OneRoster 1.1 / 1.2 CSV: a folder or a zip with manifest.csv (bulk and delta)."""
 
     kind: Literal["oneroster_csv"]
@@ -38,8 +38,10 @@ class OneRosterCsvSource:
     kind = "oneroster_csv"
     places_students = False
 
-    def __init__(self, name: str, path: Path) -> None:
+    def __init__(self, name: str, path: Path, options: CsvFileOptions | None = None) -> None:
         self.name = name
+        self.options = options or CsvFileOptions()
+        self.max_deactivation_share: float | None = self.options.max_deactivation_share
         self.package = FilePackage(path)
         self.manifest = self._read_manifest()
         self.version = self.manifest.get("oneroster.version", "1.1")
@@ -65,23 +67,19 @@ class OneRosterCsvSource:
                     StreamProblem("missing_file", f"manifest lists {mapping.file}; it is not there")
                 )
             else:
-                with self.package.open(mapping.file) as fh:
-                    stream.header = read_header(fh)
+                open_stream(self.package, stream, self.options, "sourcedId")
             out.append(stream)
         return out
 
     def read(self, stream: Stream, known_chunks: set[int], cursor: str | None) -> Iterator[Chunk]:
-        with self.package.open(stream.location) as fh:
-            read_header(fh)
-            yield from iter_chunks(
-                fh, stream.header, stream.location, known_chunks, stream.context_fingerprint
-            )
+        yield from read_stream(self.package, stream, known_chunks, self.options)
 
 
 def build(settings: Settings, cfg: OneRosterCsvSettings) -> BuiltSource:
-    maps = entity_mappings(tuple(cfg.guardian_roles))
-    source = OneRosterCsvSource(cfg.name, settings.resolve(cfg.path))
-    return BuiltSource(source, {m.entity: m for m in maps}, config_fingerprint(cfg))
+    source = OneRosterCsvSource(cfg.name, settings.resolve(cfg.path), cfg)
+    maps = entity_mappings(tuple(cfg.guardian_roles), source.version)
+    # The folder's path is not part of what rows mean: moving it re-reads nothing.
+    return BuiltSource(source, {m.entity: m for m in maps}, config_fingerprint(cfg, {"path"}))
 
 
 register("source", "oneroster_csv", OneRosterCsvSettings, build)
