@@ -21,13 +21,14 @@ import structlog
 from sqlalchemy import Connection, Engine, String, any_, bindparam, delete, select, update
 from sqlalchemy.dialects.postgresql import ARRAY
 
-from connectors.base import Chunk, RawRow, Source, Stream
+from connectors.base import Chunk, RawRow, Source, Stream, StreamFailed
 from connectors.sources.csv_chunks import digest64
 from mappings.spec import EntityMapping, Lookups
 from service.bulk import BOOKKEEPING, dialect_insert, merge, table
 from service.clock import utcnow
 from service.errors import BadRecord
 from service.models import Student, SyncRun, UserRole
+from service.rekey import rekey, rekey_by_record_id
 
 log = structlog.get_logger(__name__)
 
@@ -45,6 +46,7 @@ class EntityStats:
     inserted: int = 0
     updated: int = 0
     deactivated: int = 0
+    rekeyed: int = 0  # rows whose natural key changed, carried forward in place
     unchanged: int = 0  # rows in chunks skipped as already imported
     ignored: int = 0  # rows that map to nothing we keep (teachers in users.csv)
     quarantined: Counter[str] = field(default_factory=Counter)
@@ -56,6 +58,7 @@ class EntityStats:
             "inserted": self.inserted,
             "updated": self.updated,
             "deactivated": self.deactivated,
+            "rekeyed": self.rekeyed,
             "unchanged": self.unchanged,
             "ignored": self.ignored,
             "quarantined": dict(self.quarantined),
@@ -97,7 +100,7 @@ def quarantine(
     stmt = dialect_insert(conn, qt).values(
         source=source,
         entity=entity,
-        record_key=(payload.get("sourcedId") or "")[:255] or None,
+        record_key=(payload.get("sourcedId") or raw.record_id or "")[:255] or None,
         location=raw.location[:255],
         reason=reason,
         detail=detail,
@@ -109,7 +112,12 @@ def quarantine(
     )
     stmt = stmt.on_conflict_do_update(
         index_elements=["source", "fingerprint"],
-        set_={"last_seen": now, "times_seen": qt.c.times_seen + 1, "location": raw.location[:255]},
+        set_={
+            "last_seen": now,
+            "times_seen": qt.c.times_seen + 1,
+            "location": raw.location[:255],
+            "resolved_at": None,  # seen bad again: open
+        },
     )
     conn.execute(stmt)
 
@@ -179,6 +187,7 @@ class Importer:
         self.file_digests: dict[str, bytes] = {}  # entity -> digest of its chunk set, this run
         self.saved: dict[str, str] = {}
         self._direct: set[str] = set()  # tables empty when the current stream began
+        self.started = utcnow()
 
     def _commit(self, conn: Connection) -> None:
         """Commit; a dry run keeps one open transaction, rolled back when the run ends."""
@@ -187,7 +196,7 @@ class Importer:
 
     def run(self) -> SyncReport:
         report = SyncReport(self.source.name)
-        started = utcnow()
+        started = self.started = utcnow()
         with self.engine.connect() as conn:
             sc = table("sync_cursors")
             saved = {
@@ -290,24 +299,99 @@ class Importer:
             t for t in mapping.tables if conn.execute(select(table(t)).limit(1)).first() is None
         }
         cursor = self.saved.get(stream.name) if stream.resumable else None
-        for chunk in self.source.read(stream, known, cursor):
-            seen.append(chunk.digest)
-            stats.read += chunk.row_count
-            if chunk.rows is None:
-                stats.unchanged += chunk.row_count
-            else:
-                batch_rows += chunk.row_count
-            batch.append(chunk)
-            # An API window's end is a resume point: commit it rather than hold it in memory.
-            if batch_rows >= BATCH_ROWS or len(batch) >= 256 or chunk.cursor is not None:
-                self._flush(conn, stream, mapping, batch, stats, generation)
-                batch, batch_rows = [], 0
+        if stream.resumable and stream.mode == "delta":
+            self._retry_quarantined(conn, stream, mapping, stats)
+        try:
+            for chunk in self.source.read(stream, known, cursor):
+                seen.append(chunk.digest)
+                stats.read += chunk.row_count
+                if chunk.rows is None:
+                    stats.unchanged += chunk.row_count
+                else:
+                    batch_rows += chunk.row_count
+                batch.append(chunk)
+                # An API window's end is a resume point: commit it rather than hold it in memory.
+                if batch_rows >= BATCH_ROWS or len(batch) >= 256 or chunk.cursor is not None:
+                    self._flush(conn, stream, mapping, batch, stats, generation)
+                    batch, batch_rows = [], 0
+        except StreamFailed as exc:
+            # What was read stays; the cursor stays at the last resume point and a full pull
+            # does not deactivate what it did not get to. The other streams go on.
+            self._flush(conn, stream, mapping, batch, stats, generation)
+            stats.problems.append(exc.detail)
+            self._file_problem(conn, stream, exc.reason, exc.detail)
+            log.warning("sync.stream_failed", source=source, stream=stream.name, reason=exc.reason)
+            return
         self._flush(conn, stream, mapping, batch, stats, generation)
         self.file_digests[stream.name] = hashlib.blake2b(
             repr(sorted(seen)).encode(), digest_size=16
         ).digest()
         if bulk:
             self._finish_bulk(conn, stream, mapping, generation, stats)
+            if stream.resumable:
+                self._close_unseen_quarantine(conn, stream)
+        if stream.resumable:
+            save_cursor(conn, source, f"{stream.name}#config", self._config_mark())
+            self._commit(conn)
+
+    def _config_mark(self) -> str:
+        return hashlib.blake2b(MAPPING_VERSION + self.config_fingerprint, digest_size=8).hexdigest()
+
+    def _retry_quarantined(
+        self, conn: Connection, stream: Stream, mapping: EntityMapping, stats: EntityStats
+    ) -> None:
+        """A code map (or any mapping input) changed since this stream's last run: map its
+        quarantined records again before the changes are read, and close the ones that import.
+
+        An incremental pull would not see them otherwise: the records themselves did not change.
+        """
+        source = self.source.name
+        mark = read_cursor(conn, source, f"{stream.name}#config")
+        if mark is None or mark == self._config_mark():
+            return
+        qt = table("quarantine")
+        open_rows = conn.execute(
+            select(qt.c.id, qt.c.location, qt.c.payload, qt.c.record_key).where(
+                qt.c.source == source, qt.c.entity == stream.name, qt.c.resolved_at.is_(None),
+                qt.c.location != stream.location,  # stream problems, not records
+            )
+        ).all()  # fmt: skip
+        if not open_rows:
+            return
+        # Ed-Fi rows carry their id in the payload; the retried row keeps it.
+        chunk = Chunk(0, len(open_rows), [
+            RawRow(f"quarantine#{r.id}", dict(r.payload), r.payload.get("id") or None)
+            for r in open_rows
+        ])  # fmt: skip
+        done = self._merge_rows(conn, stream, mapping, [chunk], stats, requarantine=False)
+        ids = [r.id for r in open_rows if f"quarantine#{r.id}" in done]
+        self._resolve(conn, qt.c.id, ids, stream.name)
+        self._commit(conn)
+        log.info("sync.quarantine_retried", source=source, stream=stream.name,
+                 retried=len(open_rows), resolved=len(ids))  # fmt: skip
+
+    def _resolve(self, conn: Connection, column: Any, keys: list[Any], entity: str) -> None:
+        """Close the open quarantine rows of `entity` whose `column` is among `keys`."""
+        qt = table("quarantine")
+        for i in range(0, len(keys), LOOKUP_SLICE):
+            conn.execute(
+                update(qt)
+                .where(column.in_(keys[i : i + LOOKUP_SLICE]), qt.c.source == self.source.name,
+                       qt.c.entity == entity, qt.c.resolved_at.is_(None))
+                .values(resolved_at=utcnow())
+            )  # fmt: skip
+
+    def _close_unseen_quarantine(self, conn: Connection, stream: Stream) -> None:
+        """A complete full pull re-quarantines what is still bad: older rows are resolved."""
+        qt = table("quarantine")
+        conn.execute(
+            update(qt)
+            .where(qt.c.source == self.source.name, qt.c.entity == stream.name,
+                   qt.c.resolved_at.is_(None), qt.c.location != stream.location,
+                   qt.c.last_seen < self.started)
+            .values(resolved_at=utcnow())
+        )  # fmt: skip
+        self._commit(conn)
 
     def _generation(self, conn: Connection, stream: Stream) -> int:
         """The id of this full pull; a resumed pull keeps the one it started with."""
@@ -342,37 +426,20 @@ class Importer:
             return
         source = self.source.name
         bulk = stream.mode == "bulk"
-        rows = [(c.digest, raw) for c in chunks if not c.deletions for raw in c.rows or ()]
-        gone = [raw for c in chunks if c.deletions for raw in c.rows or ()]
-        lookups = Lookups()
-        for need, column in mapping.needs:
-            keys = sorted({_key_of(raw.data, column) for _, raw in rows} - {""})
-            _lookup(conn, need, keys, lookups)
-        # table -> primary key -> full row tuple (the last occurrence of a key in a file wins)
-        out: dict[str, dict[tuple[Any, ...], tuple[Any, ...]]] = {t: {} for t in mapping.tables}
         bad_chunks: set[int] = set()
-        for digest, raw in rows:
-            try:
-                mapped = mapping.map_row(raw.data, lookups)
-            except BadRecord as exc:
-                stats.quarantined[exc.reason] += 1
-                bad_chunks.add(digest)
-                quarantine(conn, source, stream.name, raw, exc.reason, exc.detail)
-                continue
-            if not mapped:
-                stats.ignored += 1
-            for table_name, values in mapped:
-                key, row = _canonical_row(table_name, values, source, digest)
-                out[table_name][key] = row
-        for table_name, keyed in out.items():
-            inserted, updated = merge(
-                conn, table(table_name), list(keyed.values()), bulk, table_name in self._direct
-            )
-            if table_name == mapping.tables[0]:
-                stats.inserted += inserted
-                stats.updated += updated
+        imported = self._merge_rows(conn, stream, mapping, chunks, stats, bad_chunks)
+        gone = [raw for c in chunks if c.deletions for raw in c.rows or ()]
+        moved = [raw for c in chunks if c.key_changes for raw in c.rows or ()]
+        if moved and mapping.map_delete is not None:
+            self._key_changes(conn, stream, mapping, moved, stats)
         if gone and mapping.map_delete is not None:
-            stats.deactivated += self._deactivate(conn, mapping, gone)
+            stats.deactivated += self._deactivate(conn, stream, mapping, gone, stats)
+            # A record deleted at the source needs no more fixing.
+            self._resolve(conn, table("quarantine").c.record_key,
+                          [r.record_id for r in gone if r.record_id], stream.name)  # fmt: skip
+        if not bulk and imported:
+            # A record that imports now (corrected at the source) closes its quarantine rows.
+            self._resolve(conn, table("quarantine").c.record_key, sorted(imported), stream.name)
         if bulk:
             self._record_chunks(conn, stream, chunks, bad_chunks, generation)
         last_cursor = next((c.cursor for c in reversed(chunks) if c.cursor is not None), None)
@@ -381,11 +448,109 @@ class Importer:
         self._commit(conn)
         self.progress(stream.name, sum(c.row_count for c in chunks))
 
-    def _deactivate(self, conn: Connection, mapping: EntityMapping, gone: list[RawRow]) -> int:
+    def _merge_rows(
+        self,
+        conn: Connection,
+        stream: Stream,
+        mapping: EntityMapping,
+        chunks: list[Chunk],
+        stats: EntityStats,
+        bad_chunks: set[int] | None = None,
+        requarantine: bool = True,
+    ) -> set[str]:
+        """Map the data rows of `chunks` and merge them; returns the record keys that imported
+        (and, with `requarantine` off, the locations of those that did)."""
+        source = self.source.name
+        bulk = stream.mode == "bulk"
+        bad = bad_chunks if bad_chunks is not None else set()
+        rows = [(c.digest, raw) for c in chunks if not (c.deletions or c.key_changes)
+                for raw in c.rows or ()]  # fmt: skip
+        lookups = Lookups()
+        for need, column in mapping.needs:
+            keys = sorted({_key_of(raw.data, column) for _, raw in rows} - {""})
+            _lookup(conn, need, keys, lookups)
+        # table -> primary key -> full row tuple (the last occurrence of a key in a file wins)
+        out: dict[str, dict[tuple[Any, ...], tuple[Any, ...]]] = {t: {} for t in mapping.tables}
+        # table -> (record id, primary key) of rows whose record the source identifies by id
+        by_id: dict[str, list[tuple[str, dict[str, Any]]]] = {}
+        imported: set[str] = set()
+        for digest, raw in rows:
+            try:
+                mapped = mapping.map_row(raw.data, lookups)
+            except BadRecord as exc:
+                if requarantine:
+                    stats.quarantined[exc.reason] += 1
+                    bad.add(digest)
+                    quarantine(conn, source, stream.name, raw, exc.reason, exc.detail)
+                continue
+            if not mapped:
+                stats.ignored += 1
+            record_key = raw.data.get("sourcedId") or raw.record_id
+            if record_key:
+                imported.add(str(record_key))
+            if not requarantine:
+                imported.add(raw.location)
+            for table_name, values in mapped:
+                if raw.record_id is not None:
+                    values = {**values, "resource_id": raw.record_id}
+                key, row = _canonical_row(table_name, values, source, digest)
+                out[table_name][key] = row
+                if raw.record_id is not None and len(mapped) == 1:
+                    by_id.setdefault(table_name, []).append((raw.record_id, _pk_dict(
+                        table_name, key)))  # fmt: skip
+        for table_name, keyed in out.items():
+            if table_name in by_id and table_name not in self._direct:
+                rekey_by_record_id(conn, source, table_name, by_id[table_name])
+            inserted, updated = merge(
+                conn, table(table_name), list(keyed.values()), bulk, table_name in self._direct
+            )
+            if table_name == mapping.tables[0]:
+                stats.inserted += inserted
+                stats.updated += updated
+        return imported
+
+    def _key_changes(
+        self,
+        conn: Connection,
+        stream: Stream,
+        mapping: EntityMapping,
+        changes: list[RawRow],
+        stats: EntityStats,
+    ) -> None:
+        """Re-key rows in place (a person keeps their history); an unreadable one is quarantined."""
+        assert mapping.map_delete is not None
+        for raw in changes:
+            try:
+                old = mapping.map_delete(dict(raw.data.get("oldKeyValues") or {}))
+                new = dict(mapping.map_delete(dict(raw.data.get("newKeyValues") or {})))
+            except BadRecord as exc:
+                stats.quarantined[exc.reason] += 1
+                quarantine(conn, self.source.name, stream.name, raw, exc.reason, exc.detail)
+                continue
+            for table_name, key in old:
+                if table_name in new:
+                    stats.rekeyed += rekey(conn, self.source.name, table_name, key,
+                                           new[table_name])  # fmt: skip
+
+    def _deactivate(
+        self,
+        conn: Connection,
+        stream: Stream,
+        mapping: EntityMapping,
+        gone: list[RawRow],
+        stats: EntityStats,
+    ) -> int:
         assert mapping.map_delete is not None
         by_table: dict[str, list[dict[str, Any]]] = {}
         for raw in gone:
-            for table_name, key in mapping.map_delete(raw.data):
+            try:
+                deleted = mapping.map_delete(raw.data)
+            except BadRecord as exc:
+                # One unreadable delete must not stop the source on every later run.
+                stats.quarantined[exc.reason] += 1
+                quarantine(conn, self.source.name, stream.name, raw, exc.reason, exc.detail)
+                continue
+            for table_name, key in deleted:
                 by_table.setdefault(table_name, []).append(key)
         count = 0
         for table_name, keys in by_table.items():
@@ -481,6 +646,10 @@ class Importer:
                 stats.deactivated += result.rowcount
         clear_cursor(conn, source, f"{stream.name}#generation")
         self._commit(conn)
+
+
+def _pk_dict(table_name: str, key: tuple[Any, ...]) -> dict[str, Any]:
+    return dict(zip((c.name for c in table(table_name).primary_key.columns), key, strict=True))
 
 
 def _key_of(record: dict[str, Any], column: str | Callable[[dict[str, Any]], str]) -> str:
