@@ -434,9 +434,6 @@ class Importer:
             self._key_changes(conn, stream, mapping, moved, stats)
         if gone and mapping.map_delete is not None:
             stats.deactivated += self._deactivate(conn, stream, mapping, gone, stats)
-            # A record deleted at the source needs no more fixing.
-            self._resolve(conn, table("quarantine").c.record_key,
-                          [r.record_id for r in gone if r.record_id], stream.name)  # fmt: skip
         if not bulk and imported:
             # A record that imports now (corrected at the source) closes its quarantine rows.
             self._resolve(conn, table("quarantine").c.record_key, sorted(imported), stream.name)
@@ -542,6 +539,7 @@ class Importer:
     ) -> int:
         assert mapping.map_delete is not None
         by_table: dict[str, list[dict[str, Any]]] = {}
+        read_ok: list[str] = []
         for raw in gone:
             try:
                 deleted = mapping.map_delete(raw.data)
@@ -552,6 +550,10 @@ class Importer:
                 continue
             for table_name, key in deleted:
                 by_table.setdefault(table_name, []).append(key)
+            if raw.record_id:
+                read_ok.append(raw.record_id)
+        # A record deleted at the source needs no more fixing.
+        self._resolve(conn, table("quarantine").c.record_key, read_ok, stream.name)
         count = 0
         for table_name, keys in by_table.items():
             t = table(table_name)

@@ -324,6 +324,9 @@ class CursorFieldSource(ApiSource):
 
     rest_streams: tuple[RestStream, ...] = ()
     group_pages = 16  # pages between resume points
+    # One stream at a time: the next starts only once this one's last page has committed, so
+    # a sync killed mid-stream resumes there, not in a stream that had already finished.
+    prefetch_streams = 1
 
     def __init__(self, name: str, http: HttpClient, base_url: str) -> None:
         super().__init__(name, http)
