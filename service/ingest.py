@@ -328,7 +328,7 @@ class Importer:
         ).digest()
         if bulk:
             self._finish_bulk(conn, stream, mapping, generation, stats)
-            if stream.resumable:
+            if stream.resumable and not stream.resuming:  # a resumed pull saw part earlier
                 self._close_unseen_quarantine(conn, stream)
         if stream.resumable:
             save_cursor(conn, source, f"{stream.name}#config", self._config_mark())

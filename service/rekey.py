@@ -34,7 +34,7 @@ def references(person_table: str) -> list[Column[Any]]:
         if t.name == person_table:
             continue
         for name in names:
-            if name in t.c and not (name == "user_id" and t.name == "user_roles"):
+            if name in t.c:
                 out.append(t.c[name])
     return out
 
@@ -58,10 +58,7 @@ def rekey(conn: Connection, source: str, table_name: str, old: dict[str, Any],
         return 0
     mine = and_(_where(t, old), t.c.source == source)
     if conn.execute(select(exists().where(_where(t, new)))).scalar():
-        changed = conn.execute(
-            update(t).where(mine, t.c.active.is_(True)).values(active=False, row_hash=0)
-        ).rowcount
-        changed = 0 if changed is None else changed
+        conn.execute(update(t).where(mine, t.c.active.is_(True)).values(active=False, row_hash=0))
         moved = 0
     else:
         moved = conn.execute(update(t).where(mine).values(**new)).rowcount or 0

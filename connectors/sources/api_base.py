@@ -159,10 +159,11 @@ class OffsetPaginator:
 
             def submit(group: list[int]) -> dict[int, Future[JsonPage]]:
                 # Reverse order inside a group: a record vanishing mid-pull repeats a row
-                # rather than skip one.
+                # rather than skip one (a whole-reverse group is in reverse order already).
+                order = group if self.whole_reverse else reversed(group)
                 return {o: pool.submit(http.get_json, url, {**params, "offset": o,
                                                             "limit": step})
-                        for o in reversed(group) if o not in fetched}  # fmt: skip
+                        for o in order if o not in fetched}  # fmt: skip
 
             ahead = submit(groups[0]) if groups else {}
             for n, group in enumerate(groups):
