@@ -49,6 +49,7 @@ class EntityStats:
     rekeyed: int = 0  # rows whose natural key changed, carried forward in place
     unchanged: int = 0  # rows in chunks skipped as already imported
     ignored: int = 0  # rows that map to nothing we keep (teachers in users.csv)
+    failed: str | None = None  # why the stream stopped early (refused, incomplete pull)
     quarantined: Counter[str] = field(default_factory=Counter)
     problems: list[str] = field(default_factory=list)
 
@@ -61,6 +62,7 @@ class EntityStats:
             "rekeyed": self.rekeyed,
             "unchanged": self.unchanged,
             "ignored": self.ignored,
+            "failed": self.failed,
             "quarantined": dict(self.quarantined),
             "problems": list(self.problems),
         }
@@ -319,6 +321,7 @@ class Importer:
             # does not deactivate what it did not get to. The other streams go on.
             self._flush(conn, stream, mapping, batch, stats, generation)
             stats.problems.append(exc.detail)
+            stats.failed = exc.reason
             self._file_problem(conn, stream, exc.reason, exc.detail)
             log.warning("sync.stream_failed", source=source, stream=stream.name, reason=exc.reason)
             return
@@ -363,7 +366,7 @@ class Importer:
             RawRow(f"quarantine#{r.id}", dict(r.payload), r.payload.get("id") or None)
             for r in open_rows
         ])  # fmt: skip
-        done = self._merge_rows(conn, stream, mapping, [chunk], stats, requarantine=False)
+        done = self._flush(conn, stream, mapping, [chunk], stats, 0, requarantine=False)
         ids = [r.id for r in open_rows if f"quarantine#{r.id}" in done]
         self._resolve(conn, qt.c.id, ids, stream.name)
         self._commit(conn)
@@ -420,48 +423,19 @@ class Importer:
         chunks: list[Chunk],
         stats: EntityStats,
         generation: int,
-    ) -> None:
-        """Map and merge a batch, record its chunks and cursor, and commit them together."""
-        if not chunks:
-            return
-        source = self.source.name
-        bulk = stream.mode == "bulk"
-        bad_chunks: set[int] = set()
-        imported = self._merge_rows(conn, stream, mapping, chunks, stats, bad_chunks)
-        gone = [raw for c in chunks if c.deletions for raw in c.rows or ()]
-        moved = [raw for c in chunks if c.key_changes for raw in c.rows or ()]
-        if moved and mapping.map_delete is not None:
-            self._key_changes(conn, stream, mapping, moved, stats)
-        if gone and mapping.map_delete is not None:
-            stats.deactivated += self._deactivate(conn, stream, mapping, gone, stats)
-        if not bulk and imported:
-            # A record that imports now (corrected at the source) closes its quarantine rows.
-            self._resolve(conn, table("quarantine").c.record_key, sorted(imported), stream.name)
-        if bulk:
-            self._record_chunks(conn, stream, chunks, bad_chunks, generation)
-        last_cursor = next((c.cursor for c in reversed(chunks) if c.cursor is not None), None)
-        if last_cursor is not None:
-            save_cursor(conn, source, stream.name, last_cursor)
-        self._commit(conn)
-        self.progress(stream.name, sum(c.row_count for c in chunks))
-
-    def _merge_rows(
-        self,
-        conn: Connection,
-        stream: Stream,
-        mapping: EntityMapping,
-        chunks: list[Chunk],
-        stats: EntityStats,
-        bad_chunks: set[int] | None = None,
         requarantine: bool = True,
     ) -> set[str]:
-        """Map the data rows of `chunks` and merge them; returns the record keys that imported
-        (and, with `requarantine` off, the locations of those that did)."""
+        """Map and merge a batch, record its chunks and cursor, and commit them together.
+
+        Returns the keys of the records that imported (with `requarantine` off, a retry of
+        quarantined records: their locations, and failures are left as they are)."""
+        if not chunks:
+            return set()
         source = self.source.name
         bulk = stream.mode == "bulk"
-        bad = bad_chunks if bad_chunks is not None else set()
         rows = [(c.digest, raw) for c in chunks if not (c.deletions or c.key_changes)
                 for raw in c.rows or ()]  # fmt: skip
+        gone = [raw for c in chunks if c.deletions for raw in c.rows or ()]
         lookups = Lookups()
         for need, column in mapping.needs:
             keys = sorted({_key_of(raw.data, column) for _, raw in rows} - {""})
@@ -471,22 +445,21 @@ class Importer:
         # table -> (record id, primary key) of rows whose record the source identifies by id
         by_id: dict[str, list[tuple[str, dict[str, Any]]]] = {}
         imported: set[str] = set()
+        bad_chunks: set[int] = set()
         for digest, raw in rows:
             try:
                 mapped = mapping.map_row(raw.data, lookups)
             except BadRecord as exc:
-                if requarantine:
-                    stats.quarantined[exc.reason] += 1
-                    bad.add(digest)
-                    quarantine(conn, source, stream.name, raw, exc.reason, exc.detail)
+                if not requarantine:
+                    continue
+                stats.quarantined[exc.reason] += 1
+                bad_chunks.add(digest)
+                quarantine(conn, source, stream.name, raw, exc.reason, exc.detail)
                 continue
             if not mapped:
                 stats.ignored += 1
-            record_key = raw.data.get("sourcedId") or raw.record_id
-            if record_key:
-                imported.add(str(record_key))
-            if not requarantine:
-                imported.add(raw.location)
+            imported.add(raw.location if not requarantine else
+                         str(raw.data.get("sourcedId") or raw.record_id or ""))  # fmt: skip
             for table_name, values in mapped:
                 if raw.record_id is not None:
                     values = {**values, "resource_id": raw.record_id}
@@ -497,6 +470,7 @@ class Importer:
                         table_name, key)))  # fmt: skip
         for table_name, keyed in out.items():
             if table_name in by_id and table_name not in self._direct:
+                # A record whose natural key changed is re-keyed first: updated in place.
                 rekey_by_record_id(conn, source, table_name, by_id[table_name])
             inserted, updated = merge(
                 conn, table(table_name), list(keyed.values()), bulk, table_name in self._direct
@@ -504,6 +478,22 @@ class Importer:
             if table_name == mapping.tables[0]:
                 stats.inserted += inserted
                 stats.updated += updated
+        moved = [raw for c in chunks if c.key_changes for raw in c.rows or ()]
+        if moved and mapping.map_delete is not None:
+            self._key_changes(conn, stream, mapping, moved, stats)
+        if gone and mapping.map_delete is not None:
+            stats.deactivated += self._deactivate(conn, stream, mapping, gone, stats)
+        if not bulk and requarantine and imported - {""}:
+            # A record that imports now (corrected at the source) closes its quarantine rows.
+            self._resolve(conn, table("quarantine").c.record_key, sorted(imported - {""}),
+                          stream.name)  # fmt: skip
+        if bulk:
+            self._record_chunks(conn, stream, chunks, bad_chunks, generation)
+        last_cursor = next((c.cursor for c in reversed(chunks) if c.cursor is not None), None)
+        if last_cursor is not None:
+            save_cursor(conn, source, stream.name, last_cursor)
+        self._commit(conn)
+        self.progress(stream.name, sum(c.row_count for c in chunks))
         return imported
 
     def _key_changes(
