@@ -519,6 +519,24 @@ class Importer:
                     stats.rekeyed += rekey(conn, self.source.name, table_name, key,
                                            new[table_name])  # fmt: skip
 
+    def _deactivate_by_id(
+        self, conn: Connection, mapping: EntityMapping, record_id: str | None
+    ) -> int:
+        if not record_id:
+            return 0
+        count = 0
+        for table_name in mapping.tables:
+            t = table(table_name)
+            changed = conn.execute(
+                update(t)
+                .where(t.c.resource_id == record_id, t.c.source == self.source.name,
+                       t.c.active.is_(True))
+                .values(active=False, row_hash=0)
+            ).rowcount  # fmt: skip
+            if table_name == mapping.tables[0]:
+                count += changed
+        return count
+
     def _deactivate(
         self,
         conn: Connection,
@@ -530,13 +548,17 @@ class Importer:
         assert mapping.map_delete is not None
         by_table: dict[str, list[dict[str, Any]]] = {}
         read_ok: list[str] = []
+        count = 0
         for raw in gone:
+            # The source's record id finds the row whatever its key (a changed one included).
+            by_id = self._deactivate_by_id(conn, mapping, raw.record_id)
+            count += by_id
             try:
                 deleted = mapping.map_delete(raw.data)
             except BadRecord as exc:
-                # One unreadable delete must not stop the source on every later run.
-                stats.quarantined[exc.reason] += 1
-                quarantine(conn, self.source.name, stream.name, raw, exc.reason, exc.detail)
+                if not by_id:  # one unreadable delete must not stop the source for good
+                    stats.quarantined[exc.reason] += 1
+                    quarantine(conn, self.source.name, stream.name, raw, exc.reason, exc.detail)
                 continue
             for table_name, key in deleted:
                 by_table.setdefault(table_name, []).append(key)
@@ -544,7 +566,6 @@ class Importer:
                 read_ok.append(raw.record_id)
         # A record deleted at the source needs no more fixing.
         self._resolve(conn, table("quarantine").c.record_key, read_ok, stream.name)
-        count = 0
         for table_name, keys in by_table.items():
             t = table(table_name)
             pk = [c.name for c in t.primary_key.columns]

@@ -260,7 +260,8 @@ def mappings_factory(descriptors: Any) -> Any:
 
 
 def build(settings: Settings, cfg: EdFiSettings) -> BuiltSource:
-    fingerprint = config_fingerprint(cfg)
+    # Rows now carry the record's id: a full pull re-reads pages stored before they did.
+    fingerprint = config_fingerprint(cfg) + b"record-ids"
     override = settings.resolve(cfg.descriptor_map) if cfg.descriptor_map else None
     if override is not None:
         if not override.is_file():
