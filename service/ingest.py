@@ -13,7 +13,7 @@ import hashlib
 import operator
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -303,29 +303,29 @@ class Importer:
         cursor = self.saved.get(stream.name) if stream.resumable else None
         if stream.resumable and stream.mode == "delta":
             self._retry_quarantined(conn, stream, mapping, stats)
-        try:
-            for chunk in self.source.read(stream, known, cursor):
-                seen.append(chunk.digest)
-                stats.read += chunk.row_count
-                if chunk.rows is None:
-                    stats.unchanged += chunk.row_count
-                else:
-                    batch_rows += chunk.row_count
-                batch.append(chunk)
-                # An API window's end is a resume point: commit it rather than hold it in memory.
-                if batch_rows >= BATCH_ROWS or len(batch) >= 256 or chunk.cursor is not None:
-                    self._flush(conn, stream, mapping, batch, stats, generation)
-                    batch, batch_rows = [], 0
-        except StreamFailed as exc:
+        failed: list[StreamFailed] = []
+        for chunk in _until_failed(self.source.read(stream, known, cursor), failed):
+            seen.append(chunk.digest)
+            stats.read += chunk.row_count
+            if chunk.rows is None:
+                stats.unchanged += chunk.row_count
+            else:
+                batch_rows += chunk.row_count
+            batch.append(chunk)
+            # An API window's end is a resume point: commit it rather than hold it in memory.
+            if batch_rows >= BATCH_ROWS or len(batch) >= 256 or chunk.cursor is not None:
+                self._flush(conn, stream, mapping, batch, stats, generation)
+                batch, batch_rows = [], 0
+        self._flush(conn, stream, mapping, batch, stats, generation)
+        if failed:
             # What was read stays; the cursor stays at the last resume point and a full pull
             # does not deactivate what it did not get to. The other streams go on.
-            self._flush(conn, stream, mapping, batch, stats, generation)
-            stats.problems.append(exc.detail)
-            stats.failed = exc.reason
-            self._file_problem(conn, stream, exc.reason, exc.detail)
-            log.warning("sync.stream_failed", source=source, stream=stream.name, reason=exc.reason)
+            stats.problems.append(failed[0].detail)
+            stats.failed = failed[0].reason
+            self._file_problem(conn, stream, failed[0].reason, failed[0].detail)
+            log.warning("sync.stream_failed", source=source, stream=stream.name,
+                        reason=failed[0].reason)  # fmt: skip
             return
-        self._flush(conn, stream, mapping, batch, stats, generation)
         self.file_digests[stream.name] = hashlib.blake2b(
             repr(sorted(seen)).encode(), digest_size=16
         ).digest()
@@ -659,6 +659,14 @@ class Importer:
                 stats.deactivated += result.rowcount
         clear_cursor(conn, source, f"{stream.name}#generation")
         self._commit(conn)
+
+
+def _until_failed(chunks: Iterator[Chunk], failed: list[StreamFailed]) -> Iterator[Chunk]:
+    """The chunks until the stream fails as a whole; the failure is kept in `failed`."""
+    try:
+        yield from chunks
+    except StreamFailed as exc:
+        failed.append(exc)
 
 
 def _pk_dict(table_name: str, key: tuple[Any, ...]) -> dict[str, Any]:
