@@ -174,8 +174,8 @@ class OffsetPaginator:
                     records = self.records(got_page.body, url)
                     received += len(records)
                     last = n == len(groups) - 1 and off == group[-1]
-                    if last and received < total:
-                        self._short(name, url, received, total)
+                    if last and start + received < total:  # a resumed pull began at start
+                        self._short(name, url, start + received, total)
                     yield Page(records, got_page.raw, got_page.headers, off, last)
 
     def _short(self, name: str, url: str, received: int, total: int) -> None:
