@@ -20,7 +20,7 @@ from connectors.sources.edfi import DEFAULT_RESOURCES
 from service.pipeline import open_engine, run_sync
 from tests.fixtures.edfi_server import EdFiServer
 from tests.fixtures.grand_bend import synthetic_edfi
-from tests.fixtures.oneroster_server import OneRosterServer, load_from_csv
+from tests.fixtures.oneroster_server import SCOPE_ROSTER_CORE, OneRosterServer, load_from_csv
 from tests.test_edfi import counts as edfi_counts
 from tests.test_edfi import edfi_source, expected_counts, settings_for_ods
 from tests.test_oneroster_rest import counts as or_counts
@@ -127,6 +127,26 @@ def test_9_a_full_pull_short_of_the_stated_total_fails_and_stays_full(
         assert again.entities["users"].problems == []
         assert again.entities["users"].read > 0
         assert "offset" not in (cursor_of(engine, "sis-api", "users") or {"offset": 1})
+    finally:
+        server.stop()
+
+
+def test_10_oneroster_gradebook_without_its_scope_is_a_stream_problem(
+    db_url: str, district: Path, tmp_path: Path
+) -> None:
+    server = OneRosterServer(load_from_csv(district / "oneroster", "1.2"),
+                             grantable_scopes=[SCOPE_ROSTER_CORE])  # fmt: skip
+    server.start()
+    try:
+        settings = settings_with(db_url, district, tmp_path / "out", rest_source(server.base_url))
+        engine = open_engine(settings)
+        [report] = run_sync(engine, settings)
+        assert report.error is None, report.error
+        assert report.entities["results"].failed == "resource_refused"
+        assert report.entities["lineItems"].problems == ["lineItems: the server answered 403"]
+        assert or_counts(engine)["students"] == len(
+            [u for u in server.records("students") if u["status"] == "active"]
+        )
     finally:
         server.stop()
 

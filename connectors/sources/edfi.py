@@ -96,7 +96,7 @@ class EdFiSettings(SourceSettings):
             raise ValueError(f"url_mode {self.url_mode} needs school_year")
         if self.url_mode == "instance_year_specific" and not self.instance:
             raise ValueError("url_mode instance_year_specific needs instance")
-        unknown = sorted(set(self.resources) - set(DEFAULT_RESOURCES) - set(DS4_NAMES))
+        unknown = sorted(set(self.resources) - set(DEFAULT_RESOURCES) - set(DS4_NAMES.values()))
         if unknown:
             raise ValueError(f"unknown resources {unknown}; known: {list(DEFAULT_RESOURCES)}")
         stray = sorted(set(self.required_resources) - set(self.resources))
@@ -163,7 +163,8 @@ class EdFiApiSource(ApiSource):
         )
         self.cursor_paging = self.cfg.cursor_paging and server_version >= (7, 3)
         # Filled in place: the importer holds this same dict and reads it after streams().
-        rename = DS4_NAMES if self.data_standard < 5 else {}
+        # Either standard's names work in the config: each server is asked for its own.
+        rename = DS4_NAMES if self.data_standard < 5 else {v: k for k, v in DS4_NAMES.items()}
         wanted = [rename.get(r, r) for r in self.cfg.resources]
         self._required = {rename.get(r, r) for r in self.cfg.required_resources}
         known = {m.entity: m for m in self._mappings_for(self.data_standard)}
