@@ -17,6 +17,8 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from pydantic import BaseModel
 
+from service.errors import PermanentError
+
 if TYPE_CHECKING:
     from mappings.spec import EntityMapping
 
@@ -32,6 +34,9 @@ class RawRow:
 
     location: str
     data: dict[str, Any]
+    # The server's own id of the record (Ed-Fi `id`), kept on its rows: a record whose natural
+    # key changed is then found and updated in place instead of added beside the old one.
+    record_id: str | None = None
 
 
 @dataclass
@@ -46,8 +51,20 @@ class Chunk:
     rows: list[RawRow] | None
     # Where to resume after this chunk commits (API sources); None for files.
     cursor: str | None = None
-    # The rows name records the source deleted (or whose key changed away): deactivate them.
+    # The rows name records the source deleted: deactivate them.
     deletions: bool = False
+    # The rows are natural-key changes ({"oldKeyValues", "newKeyValues"}): re-key in place.
+    key_changes: bool = False
+
+
+class StreamFailed(PermanentError):
+    """One stream cannot be read (a refused resource, a pull short of its stated total): the
+    stream stops where it is, its cursor does not move, and the source's other streams go on."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(detail)
+        self.reason = reason
+        self.detail = detail
 
 
 @dataclass

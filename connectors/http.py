@@ -30,6 +30,24 @@ from service.errors import PermanentError, TransientError
 log = structlog.get_logger(__name__)
 
 RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
+# A token is renewed when this share of its lifetime is left (at most `margin_seconds`): a fixed
+# 60 s margin made a 5-second token look expired at once, so every request fetched a new one.
+RENEW_SHARE = 0.1
+
+
+class HttpStatusError(PermanentError):
+    """A non-2xx answer that retrying will not change (404, 403, 400...); `status` says which."""
+
+    def __init__(self, message: str, status: int) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def _request_failed(url: str, exc: requests.RequestException) -> Exception:
+    """A network failure may pass (retry); a malformed URL or scheme is configuration (never)."""
+    if isinstance(exc, requests.ConnectionError | requests.Timeout):
+        return TransientError(f"{url}: {type(exc).__name__}")
+    return PermanentError(f"{url}: {type(exc).__name__} (check the configured URL)")
 
 
 class HttpSettings(Strict):
@@ -87,10 +105,10 @@ class OAuth2ClientCredentials:
         self.client_id = client_id
         self.client_secret = client_secret
         self.scope = scope
-        self.margin = margin_seconds
+        self.margin = margin_seconds  # the most a long-lived token is renewed early by
         self.timeout = timeout
         self._token: str | None = None
-        self._expires_at = 0.0
+        self._renew_at = 0.0
         self._lock = threading.Lock()
         self.fetches = 0
 
@@ -106,7 +124,7 @@ class OAuth2ClientCredentials:
                 timeout=self.timeout,
             )
         except requests.RequestException as exc:
-            raise TransientError(f"token request failed: {type(exc).__name__}") from exc
+            raise _request_failed(self.token_url.split("?")[0], exc) from exc
         if resp.status_code in RETRY_STATUSES:
             raise TransientError(f"token endpoint answered {resp.status_code}")
         if resp.status_code != 200:
@@ -116,12 +134,13 @@ class OAuth2ClientCredentials:
         if not token:
             raise PermanentError("token endpoint answered without an access_token")
         self._token = token
-        self._expires_at = time.monotonic() + float(body.get("expires_in") or 3600)
+        lifetime = float(body.get("expires_in") or 3600)
+        self._renew_at = time.monotonic() + lifetime - min(self.margin, lifetime * RENEW_SHARE)
         self.fetches += 1
 
     def apply(self, session: requests.Session) -> AuthBase | None:
         with self._lock:
-            if self._token is None or time.monotonic() >= self._expires_at - self.margin:
+            if self._token is None or time.monotonic() >= self._renew_at:
                 self._fetch(session)
             assert self._token is not None
             return _Bearer(self._token)
@@ -290,10 +309,8 @@ class HttpClient:
                     auth=auth,
                     timeout=(self.policy.connect_timeout, self.policy.read_timeout),
                 )
-            except (requests.ConnectionError, requests.Timeout) as exc:
-                raise TransientError(f"{url}: {type(exc).__name__}") from exc
             except requests.RequestException as exc:
-                raise PermanentError(f"{url}: {type(exc).__name__}") from exc
+                raise _request_failed(url, exc) from exc
         if resp.status_code == 401:
             raise _Unauthorized(auth)
         if resp.status_code in RETRY_STATUSES:
@@ -302,7 +319,10 @@ class HttpClient:
                 retry_after=retry_after_seconds(resp.headers.get("Retry-After")),
             )
         if not 200 <= resp.status_code < 300:
-            raise PermanentError(f"{resp.url} answered {resp.status_code}: {resp.text[:200]}")
+            raise HttpStatusError(
+                f"{resp.url.split('?')[0]} answered {resp.status_code}: {resp.text[:200]}",
+                resp.status_code,
+            )
         return JsonPage(_json(resp), resp.headers, resp.url, resp.content)
 
 

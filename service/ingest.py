@@ -13,7 +13,7 @@ import hashlib
 import operator
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -21,7 +21,7 @@ import structlog
 from sqlalchemy import Connection, Engine, String, any_, bindparam, delete, func, select, update
 from sqlalchemy.dialects.postgresql import ARRAY
 
-from connectors.base import Chunk, RawRow, Source, Stream
+from connectors.base import Chunk, RawRow, Source, Stream, StreamFailed
 from connectors.sources.csv_chunks import digest64
 from mappings.spec import EntityMapping, Lookups
 from service.bulk import BOOKKEEPING, dialect_insert, merge, table
@@ -38,6 +38,7 @@ from service.ingest_checks import (
     too_long,
 )
 from service.models import School, Student, SyncRun, UserRole
+from service.rekey import rekey, rekey_by_record_id
 
 log = structlog.get_logger(__name__)
 
@@ -55,8 +56,10 @@ class EntityStats:
     inserted: int = 0
     updated: int = 0
     deactivated: int = 0
+    rekeyed: int = 0  # rows whose natural key changed, carried forward in place
     unchanged: int = 0  # rows in chunks skipped as already imported
     ignored: int = 0  # rows that map to nothing we keep (teachers in users.csv)
+    failed: str | None = None  # why the stream stopped early (refused, incomplete pull)
     quarantined: Counter[str] = field(default_factory=Counter)
     problems: list[str] = field(default_factory=list)
     # Why the stream was skipped or refused (a missing file, a bad header, the deactivation
@@ -76,8 +79,10 @@ class EntityStats:
             "inserted": self.inserted,
             "updated": self.updated,
             "deactivated": self.deactivated,
+            "rekeyed": self.rekeyed,
             "unchanged": self.unchanged,
             "ignored": self.ignored,
+            "failed": self.failed,
             "quarantined": dict(self.quarantined),
             "problems": list(self.problems),
             "refused": self.refused,
@@ -103,7 +108,11 @@ class SyncReport:
 
     def refused(self) -> list[str]:
         """Every stream that was skipped or refused, with why."""
-        return [f"{e}: {s.refused}" for e, s in self.entities.items() if s.refused]
+        return [
+            f"{e}: {s.refused or s.failed}"
+            for e, s in self.entities.items()
+            if s.refused or s.failed  # skipped, refused, or stopped early (403, short pull)
+        ]
 
 
 def _row_digest(values: tuple[Any, ...]) -> int:
@@ -124,7 +133,7 @@ def quarantine(
     stmt = dialect_insert(conn, qt).values(
         source=source,
         entity=entity,
-        record_key=(payload.get("sourcedId") or "")[:255] or None,
+        record_key=(payload.get("sourcedId") or raw.record_id or "")[:255] or None,
         location=raw.location[:255],
         reason=reason,
         detail=detail,
@@ -136,7 +145,12 @@ def quarantine(
     )
     stmt = stmt.on_conflict_do_update(
         index_elements=["source", "fingerprint"],
-        set_={"last_seen": now, "times_seen": qt.c.times_seen + 1, "location": raw.location[:255]},
+        set_={
+            "last_seen": now,
+            "times_seen": qt.c.times_seen + 1,
+            "location": raw.location[:255],
+            "resolved_at": None,  # seen bad again: open
+        },
     )
     conn.execute(stmt)
 
@@ -219,6 +233,7 @@ class Importer:
         self.file_digests: dict[str, bytes] = {}  # entity -> digest of its chunk set, this run
         self.saved: dict[str, str] = {}
         self._direct: set[str] = set()  # tables empty when the current stream began
+        self.started = utcnow()
 
     def _commit(self, conn: Connection) -> None:
         """Commit; a dry run keeps one open transaction, rolled back when the run ends."""
@@ -227,7 +242,7 @@ class Importer:
 
     def run(self) -> SyncReport:
         report = SyncReport(self.source.name)
-        started = utcnow()
+        started = self.started = utcnow()
         with self.engine.connect() as conn:
             sc = table("sync_cursors")
             saved = {
@@ -343,7 +358,10 @@ class Importer:
             t for t in mapping.tables if conn.execute(select(table(t)).limit(1)).first() is None
         }
         cursor = self.saved.get(stream.name) if stream.resumable else None
-        for chunk in self.source.read(stream, known, cursor):
+        if stream.resumable and stream.mode == "delta":
+            self._retry_quarantined(conn, stream, mapping, stats)
+        failed: list[StreamFailed] = []
+        for chunk in _until_failed(self.source.read(stream, known, cursor), failed):
             seen.append(chunk.digest)
             stats.read += chunk.row_count
             if chunk.rows is None:
@@ -356,12 +374,28 @@ class Importer:
                 self._flush(conn, stream, mapping, batch, stats, generation)
                 batch, batch_rows = [], 0
         self._flush(conn, stream, mapping, batch, stats, generation)
+        if failed:
+            # What was read stays; the cursor stays at the last resume point and a full pull
+            # does not deactivate what it did not get to. The other streams go on.
+            stats.problems.append(failed[0].detail)
+            stats.failed = failed[0].reason
+            self._file_problem(conn, stream, failed[0].reason, failed[0].detail)
+            log.warning("sync.stream_failed", source=source, stream=stream.name,
+                        reason=failed[0].reason)  # fmt: skip
+            return
         self.file_digests[stream.name] = hashlib.blake2b(
             repr(sorted(seen)).encode(), digest_size=16
         ).digest()
         if bulk:
             self._finish_bulk(conn, stream, mapping, generation, stats)
-        if {"contacts", "student_contacts"} <= set(mapping.tables):
+            if stream.resumable and not stream.resuming:  # a resumed pull saw part earlier
+                self._close_unseen_quarantine(conn, stream)
+        if stream.resumable:
+            save_cursor(conn, source, f"{stream.name}#config", self._config_mark())
+            self._commit(conn)
+        if {"contacts", "student_contacts"} <= set(mapping.tables) and not stream.resumable:
+            # A file is read whole again next night, so a dropped link comes back once its person
+            # does. An API delta would not re-send it: there, a link waits for its person.
             self._check_links(conn, stream, stats)
 
     def _refuse_empty(
@@ -411,6 +445,65 @@ class Importer:
         stats.table_counts("student_contacts")[2] += len(links)
         self._commit(conn)
 
+    def _config_mark(self) -> str:
+        return hashlib.blake2b(MAPPING_VERSION + self.config_fingerprint, digest_size=8).hexdigest()
+
+    def _retry_quarantined(
+        self, conn: Connection, stream: Stream, mapping: EntityMapping, stats: EntityStats
+    ) -> None:
+        """A code map (or any mapping input) changed since this stream's last run: map its
+        quarantined records again before the changes are read, and close the ones that import.
+
+        An incremental pull would not see them otherwise: the records themselves did not change.
+        """
+        source = self.source.name
+        mark = read_cursor(conn, source, f"{stream.name}#config")
+        if mark is None or mark == self._config_mark():
+            return
+        qt = table("quarantine")
+        open_rows = conn.execute(
+            select(qt.c.id, qt.c.location, qt.c.payload, qt.c.record_key).where(
+                qt.c.source == source, qt.c.entity == stream.name, qt.c.resolved_at.is_(None),
+                qt.c.location != stream.location,  # stream problems, not records
+            )
+        ).all()  # fmt: skip
+        if not open_rows:
+            return
+        # Ed-Fi rows carry their id in the payload; the retried row keeps it.
+        chunk = Chunk(0, len(open_rows), [
+            RawRow(f"quarantine#{r.id}", dict(r.payload), r.payload.get("id") or None)
+            for r in open_rows
+        ])  # fmt: skip
+        done = self._flush(conn, stream, mapping, [chunk], stats, 0, requarantine=False)
+        ids = [r.id for r in open_rows if f"quarantine#{r.id}" in done]
+        self._resolve(conn, qt.c.id, ids, stream.name)
+        self._commit(conn)
+        log.info("sync.quarantine_retried", source=source, stream=stream.name,
+                 retried=len(open_rows), resolved=len(ids))  # fmt: skip
+
+    def _resolve(self, conn: Connection, column: Any, keys: list[Any], entity: str) -> None:
+        """Close the open quarantine rows of `entity` whose `column` is among `keys`."""
+        qt = table("quarantine")
+        for i in range(0, len(keys), LOOKUP_SLICE):
+            conn.execute(
+                update(qt)
+                .where(column.in_(keys[i : i + LOOKUP_SLICE]), qt.c.source == self.source.name,
+                       qt.c.entity == entity, qt.c.resolved_at.is_(None))
+                .values(resolved_at=utcnow())
+            )  # fmt: skip
+
+    def _close_unseen_quarantine(self, conn: Connection, stream: Stream) -> None:
+        """A complete full pull re-quarantines what is still bad: older rows are resolved."""
+        qt = table("quarantine")
+        conn.execute(
+            update(qt)
+            .where(qt.c.source == self.source.name, qt.c.entity == stream.name,
+                   qt.c.resolved_at.is_(None), qt.c.location != stream.location,
+                   qt.c.last_seen < self.started)
+            .values(resolved_at=utcnow())
+        )  # fmt: skip
+        self._commit(conn)
+
     def _generation(self, conn: Connection, stream: Stream) -> int:
         """The id of this full pull; a resumed pull keeps the one it started with."""
         key = f"{stream.name}#generation"
@@ -438,13 +531,18 @@ class Importer:
         chunks: list[Chunk],
         stats: EntityStats,
         generation: int,
-    ) -> None:
-        """Map and merge a batch, record its chunks and cursor, and commit them together."""
+        requarantine: bool = True,
+    ) -> set[str]:
+        """Map and merge a batch, record its chunks and cursor, and commit them together.
+
+        Returns the keys of the records that imported (with `requarantine` off, a retry of
+        quarantined records: their locations, and failures are left as they are)."""
         if not chunks:
-            return
+            return set()
         source = self.source.name
         bulk = stream.mode == "bulk"
-        rows = [(c.digest, raw) for c in chunks if not c.deletions for raw in c.rows or ()]
+        rows = [(c.digest, raw) for c in chunks if not (c.deletions or c.key_changes)
+                for raw in c.rows or ()]  # fmt: skip
         gone = [raw for c in chunks if c.deletions for raw in c.rows or ()]
         lookups = Lookups()
         for need, column in mapping.needs:
@@ -452,6 +550,9 @@ class Importer:
             _lookup(conn, need, keys, lookups)
         # table -> primary key -> full row tuple (the last occurrence of a key in a file wins)
         out: dict[str, dict[tuple[Any, ...], tuple[Any, ...]]] = {t: {} for t in mapping.tables}
+        # table -> (record id, primary key) of rows whose record the source identifies by id
+        by_id: dict[str, list[tuple[str, dict[str, Any]]]] = {}
+        imported: set[str] = set()
         bad_chunks: set[int] = set()
         failed: list[tuple[RawRow, BadRecord]] = []
         dup_column = stream.key_column if stream.duplicate_keys else None
@@ -472,6 +573,8 @@ class Importer:
                     if long:
                         raise BadRecord("field_too_long", long)
             except BadRecord as exc:
+                if not requarantine:
+                    continue
                 stats.quarantined[exc.reason] += 1
                 bad_chunks.add(digest)
                 failed.append((raw, exc))
@@ -479,17 +582,24 @@ class Importer:
             except Exception as exc:
                 # A mapping that is not total (a KeyError on a record shape nobody expected):
                 # that record is quarantined with the error, never the whole source stopped.
-                reason = "mapping_error"
-                stats.quarantined[reason] += 1
+                if not requarantine:
+                    continue
+                stats.quarantined["mapping_error"] += 1
                 bad_chunks.add(digest)
-                detail = f"{type(exc).__name__}: {exc}"
-                quarantine(conn, source, stream.name, raw, reason, detail)
+                failed.append((raw, BadRecord("mapping_error", f"{type(exc).__name__}: {exc}")))
                 continue
             if not mapped:
                 stats.ignored += 1
+            imported.add(raw.location if not requarantine else
+                         str(raw.data.get("sourcedId") or raw.record_id or ""))  # fmt: skip
             for table_name, values in mapped:
+                if raw.record_id is not None:
+                    values = {**values, "resource_id": raw.record_id}
                 key, row = _canonical_row(table_name, values, source, digest)
                 out[table_name][key] = row
+                if raw.record_id is not None and len(mapped) == 1:
+                    by_id.setdefault(table_name, []).append((raw.record_id, _pk_dict(
+                        table_name, key)))  # fmt: skip
         # A record missing because its own row was quarantined says which row that was.
         causes = knock_on_causes(conn, source, {e.ref for _r, e in failed if e.ref})
         for raw, bad in failed:
@@ -498,6 +608,9 @@ class Importer:
                 detail = f"{detail}; {causes[bad.ref]}"
             quarantine(conn, source, stream.name, raw, bad.reason, detail)
         for table_name, keyed in out.items():
+            if table_name in by_id and table_name not in self._direct:
+                # A record whose natural key changed is re-keyed first: updated in place.
+                rekey_by_record_id(conn, source, table_name, by_id[table_name])
             inserted, updated = merge(
                 conn, table(table_name), list(keyed.values()), bulk, table_name in self._direct
             )
@@ -507,8 +620,15 @@ class Importer:
             if table_name == mapping.tables[0]:
                 stats.inserted += inserted
                 stats.updated += updated
+        moved = [raw for c in chunks if c.key_changes for raw in c.rows or ()]
+        if moved and mapping.map_delete is not None:
+            self._key_changes(conn, stream, mapping, moved, stats)
         if gone and mapping.map_delete is not None:
-            stats.deactivated += self._deactivate(conn, mapping, gone)
+            stats.deactivated += self._deactivate(conn, stream, mapping, gone, stats)
+        if not bulk and requarantine and imported - {""}:
+            # A record that imports now (corrected at the source) closes its quarantine rows.
+            self._resolve(conn, table("quarantine").c.record_key, sorted(imported - {""}),
+                          stream.name)  # fmt: skip
         if bulk:
             self._record_chunks(conn, stream, chunks, bad_chunks, generation)
         last_cursor = next((c.cursor for c in reversed(chunks) if c.cursor is not None), None)
@@ -516,14 +636,78 @@ class Importer:
             save_cursor(conn, source, stream.name, last_cursor)
         self._commit(conn)
         self.progress(stream.name, sum(c.row_count for c in chunks))
+        return imported
 
-    def _deactivate(self, conn: Connection, mapping: EntityMapping, gone: list[RawRow]) -> int:
+    def _key_changes(
+        self,
+        conn: Connection,
+        stream: Stream,
+        mapping: EntityMapping,
+        changes: list[RawRow],
+        stats: EntityStats,
+    ) -> None:
+        """Re-key rows in place (a person keeps their history); an unreadable one is quarantined."""
+        assert mapping.map_delete is not None
+        for raw in changes:
+            try:
+                old = mapping.map_delete(dict(raw.data.get("oldKeyValues") or {}))
+                new = dict(mapping.map_delete(dict(raw.data.get("newKeyValues") or {})))
+            except BadRecord as exc:
+                stats.quarantined[exc.reason] += 1
+                quarantine(conn, self.source.name, stream.name, raw, exc.reason, exc.detail)
+                continue
+            for table_name, key in old:
+                if table_name in new:
+                    stats.rekeyed += rekey(conn, self.source.name, table_name, key,
+                                           new[table_name])  # fmt: skip
+
+    def _deactivate_by_id(
+        self, conn: Connection, mapping: EntityMapping, record_id: str | None
+    ) -> int:
+        if not record_id:
+            return 0
+        count = 0
+        for table_name in mapping.tables:
+            t = table(table_name)
+            changed = conn.execute(
+                update(t)
+                .where(t.c.resource_id == record_id, t.c.source == self.source.name,
+                       t.c.active.is_(True))
+                .values(active=False, row_hash=0)
+            ).rowcount  # fmt: skip
+            if table_name == mapping.tables[0]:
+                count += changed
+        return count
+
+    def _deactivate(
+        self,
+        conn: Connection,
+        stream: Stream,
+        mapping: EntityMapping,
+        gone: list[RawRow],
+        stats: EntityStats,
+    ) -> int:
         assert mapping.map_delete is not None
         by_table: dict[str, list[dict[str, Any]]] = {}
-        for raw in gone:
-            for table_name, key in mapping.map_delete(raw.data):
-                by_table.setdefault(table_name, []).append(key)
+        read_ok: list[str] = []
         count = 0
+        for raw in gone:
+            # The source's record id finds the row whatever its key (a changed one included).
+            by_id = self._deactivate_by_id(conn, mapping, raw.record_id)
+            count += by_id
+            try:
+                deleted = mapping.map_delete(raw.data)
+            except BadRecord as exc:
+                if not by_id:  # one unreadable delete must not stop the source for good
+                    stats.quarantined[exc.reason] += 1
+                    quarantine(conn, self.source.name, stream.name, raw, exc.reason, exc.detail)
+                continue
+            for table_name, key in deleted:
+                by_table.setdefault(table_name, []).append(key)
+            if raw.record_id:
+                read_ok.append(raw.record_id)
+        # A record deleted at the source needs no more fixing.
+        self._resolve(conn, table("quarantine").c.record_key, read_ok, stream.name)
         for table_name, keys in by_table.items():
             t = table(table_name)
             pk = [c.name for c in t.primary_key.columns]
@@ -664,6 +848,18 @@ class Importer:
         log.warning("sync.stream_refused", source=self.source.name, stream=stream.name,
                     reason="deactivation_guard")  # fmt: skip
         return True
+
+
+def _until_failed(chunks: Iterator[Chunk], failed: list[StreamFailed]) -> Iterator[Chunk]:
+    """The chunks until the stream fails as a whole; the failure is kept in `failed`."""
+    try:
+        yield from chunks
+    except StreamFailed as exc:
+        failed.append(exc)
+
+
+def _pk_dict(table_name: str, key: tuple[Any, ...]) -> dict[str, Any]:
+    return dict(zip((c.name for c in table(table_name).primary_key.columns), key, strict=True))
 
 
 def _key_of(record: dict[str, Any], column: str | Callable[[dict[str, Any]], str]) -> str:

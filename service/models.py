@@ -54,6 +54,9 @@ class SourceRow:
     row_hash: Mapped[int] = mapped_column(BigInteger, default=0)
     src_chunk: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
     source: Mapped[str] = mapped_column(String(64), default="")
+    # The source's own id of the record (Ed-Fi `id`): survives a natural-key change, so the
+    # changed record updates this row in place.
+    resource_id: Mapped[str | None] = mapped_column(String(64), nullable=True, index=True)
 
 
 class School(SourceRow, Base):
@@ -297,6 +300,8 @@ class QuarantinedRecord(Base):
     first_seen: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     last_seen: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     times_seen: Mapped[int] = mapped_column(Integer, default=1)
+    # Set when the record later imported (a code map was fixed, it was deleted at the source).
+    resolved_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     __table_args__ = (
         Index("uq_quarantine_source_fingerprint", "source", "fingerprint", unique=True),
     )

@@ -125,8 +125,15 @@ def test_full_then_incremental_with_deletes_and_key_changes(
     server.update("students", server.records("students")[7]["id"], firstName="Renamed")
     [delta] = run_sync(engine, settings)
     assert delta.entities["studentSchoolAttendanceEvents"].deactivated == 1
-    assert delta.entities["studentSchoolAssociations"].deactivated == 1  # the old key
-    assert delta.entities["studentSchoolAssociations"].inserted == 1  # the new key
+    # A changed natural key updates the enrollment in place (same Ed-Fi id), nothing beside it.
+    ssas = delta.entities["studentSchoolAssociations"]
+    assert (ssas.deactivated, ssas.inserted, ssas.updated) == (0, 0, 1)
+    with engine.connect() as conn:
+        begins = conn.execute(
+            text("SELECT begin_date, active FROM enrollments WHERE resource_id = :i"),
+            {"i": ssa["id"]},
+        ).all()
+    assert [(str(b), bool(a)) for b, a in begins] == [("2025-09-02", True)]
     assert (delta.entities["students"].read, delta.entities["students"].updated) == (1, 1)
     after = counts(engine)
     assert after["attendance_events"] == expected_counts(small)["attendance_events"] - 1

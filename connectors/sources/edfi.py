@@ -14,20 +14,26 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator, Mapping
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urljoin
 
 import structlog
 from edfi_api_client import EdFiClient
 from pydantic import Field, model_validator
 
-from connectors.base import BuiltSource, Chunk, RawRow, Stream, config_fingerprint
+from connectors.base import BuiltSource, RawRow, Stream, config_fingerprint
 from connectors.http import HttpClient, HttpPolicy, HttpSettings, OAuth2ClientCredentials
-from connectors.prefetch import Prefetch
 from connectors.registry import register
-from connectors.sources.csv_chunks import digest64
+from connectors.sources.api_base import (
+    ApiSource,
+    OffsetPaginator,
+    Out,
+    PageTokenPaginator,
+    list_body,
+    windows,
+)
 from mappings.edfi import DescriptorMap, edfi_mappings
 from mappings.spec import EntityMapping
 from service.config import Settings, SourceSettings
@@ -38,6 +44,14 @@ log = structlog.get_logger(__name__)
 GROUP_PAGES = 8  # pages of a window held at once; the next group is fetched meanwhile
 PREFETCH_PAGES = 16  # two groups: the next one fetches while this one is written
 PREFETCH_STREAMS = 3  # resources fetching at once: the one being read and the next two
+# Data Standard 5 names, in load order; DS4 reads parents for contacts.
+DEFAULT_RESOURCES = (
+    "schools", "sessions", "gradingPeriods", "calendarDates", "students", "contacts",
+    "studentContactAssociations", "studentSchoolAssociations", "studentSchoolAttendanceEvents",
+    "studentSectionAttendanceEvents", "grades", "disciplineIncidents",
+    "studentDisciplineIncidentBehaviorAssociations", "disciplineActions",
+)  # fmt: skip
+DS4_NAMES = {"contacts": "parents", "studentContactAssociations": "studentParentAssociations"}
 MODES = {
     "shared instance": "shared_instance",
     "sandbox": "sandbox",
@@ -67,6 +81,13 @@ class EdFiSettings(SourceSettings):
     cursor_paging: bool = False
     # A district file that adds to or overrides mappings/edfi_descriptors.yaml.
     descriptor_map: Path | None = None
+    # The resources to read (Data Standard 5 names; DS4 servers get parents for contacts). A
+    # server or claim set that refuses one (403/404) is a problem of that stream, reported by
+    # name while the others sync, unless it is listed in required_resources.
+    resources: list[str] = Field(default_factory=lambda: list(DEFAULT_RESOURCES), min_length=1)
+    required_resources: list[str] = ["students"]
+    # The token endpoint when discovery does not name it (or names it wrongly); may be relative.
+    token_url: str | None = None
     http: HttpSettings = HttpSettings()
 
     @model_validator(mode="after")
@@ -75,41 +96,39 @@ class EdFiSettings(SourceSettings):
             raise ValueError(f"url_mode {self.url_mode} needs school_year")
         if self.url_mode == "instance_year_specific" and not self.instance:
             raise ValueError("url_mode instance_year_specific needs instance")
+        unknown = sorted(set(self.resources) - set(DEFAULT_RESOURCES) - set(DS4_NAMES.values()))
+        if unknown:
+            raise ValueError(f"unknown resources {unknown}; known: {list(DEFAULT_RESOURCES)}")
+        stray = sorted(set(self.required_resources) - set(self.resources))
+        if stray:
+            raise ValueError(f"required_resources {stray} are not in resources")
         return self
 
 
-@dataclass
-class Plan:
-    full: bool
-    low: int  # first change version to read (inclusive)
-    high: int  # last change version to read (inclusive)
-
-
-class EdFiApiSource:
+class EdFiApiSource(ApiSource):
     kind = "edfi"
     places_students = True  # Ed-Fi keeps school and grade on the enrollment
+    prefetch_streams = PREFETCH_STREAMS
+    prefetch_pages = PREFETCH_PAGES
 
     def __init__(self, cfg: EdFiSettings, mappings_for: Any) -> None:
-        self.name = cfg.name
+        # Auth is set once discovery names the token URL.
+        super().__init__(cfg.name, HttpClient(None, HttpPolicy.from_settings(cfg.http)))
         self.cfg = cfg
         self._mappings_for = mappings_for  # data standard -> list[EntityMapping]
         self.mappings: dict[str, EntityMapping] = {}
-        self.http = HttpClient(
-            None, HttpPolicy.from_settings(cfg.http)
-        )  # auth is set once discovery names the URL
         self.plans: dict[str, Plan] = {}
         self.data_standard = 0
         self.year = cfg.school_year
         self.cursor_paging = False
-        self._fetchers: dict[str, Prefetch[Page]] = {}
-        self._started: set[str] = set()
-        self._order: list[str] = []
+        self._required: set[str] = set()
 
     # -- discovery -------------------------------------------------------------------------
 
     def discover(self) -> None:
         """Read the base URL: the Data Standard, the API mode, the token and data URLs."""
-        info = self.http.get_json(self.cfg.base_url.rstrip("/") + "/").body
+        base = self.cfg.base_url.rstrip("/") + "/"
+        info = self.http.get_json(base).body
         if not isinstance(info, dict):
             raise PermanentError(f"{self.cfg.base_url} did not answer Ed-Fi discovery JSON")
         models = {m.get("name"): str(m.get("version", "")) for m in info.get("dataModels") or []}
@@ -134,7 +153,8 @@ class EdFiApiSource:
             instance_code=self.cfg.instance,
         )
         urls = info.get("urls") or {}
-        token_url = urls.get("oauth") or self.client.oauth_url
+        # Discovery may name the token URL relative to the base ("oauth/token").
+        token_url = urljoin(base, self.cfg.token_url or urls.get("oauth") or self.client.oauth_url)
         self.http.auth = OAuth2ClientCredentials(
             token_url, self.cfg.client_key, self.cfg.client_secret
         )
@@ -143,8 +163,13 @@ class EdFiApiSource:
         )
         self.cursor_paging = self.cfg.cursor_paging and server_version >= (7, 3)
         # Filled in place: the importer holds this same dict and reads it after streams().
+        # Either standard's names work in the config: each server is asked for its own.
+        rename = DS4_NAMES if self.data_standard < 5 else {v: k for k, v in DS4_NAMES.items()}
+        wanted = [rename.get(r, r) for r in self.cfg.resources]
+        self._required = {rename.get(r, r) for r in self.cfg.required_resources}
+        known = {m.entity: m for m in self._mappings_for(self.data_standard)}
         self.mappings.clear()
-        self.mappings.update({m.entity: m for m in self._mappings_for(self.data_standard)})
+        self.mappings.update({m: known[m] for m in known if m in wanted})
 
     def change_versions(self) -> tuple[int, int]:
         url = "/".join(
@@ -183,141 +208,52 @@ class EdFiApiSource:
         self._order = [s.name for s in out]
         return out
 
-    def read(self, stream: Stream, known_chunks: set[int], cursor: str | None) -> Iterator[Chunk]:
-        plan = self.plans[stream.name]
-        # This resource and the next few fetch ahead while the importer works: small deltas of
-        # many resources overlap instead of waiting for each other, and memory stays bounded.
-        at = self._order.index(stream.name)
-        for name in self._order[at : at + PREFETCH_STREAMS]:
-            if name not in self._fetchers and name not in self._started:
-                self._fetchers[name] = self._start(name)
-                self._started.add(name)
-        fetcher = self._fetchers.pop(stream.name, None) or self._start(stream.name)
-        for page in fetcher:
-            done: int | None = page.window_high if page.ends_window else None
-            yield self._chunk(stream, page, known_chunks, plan, done)
+    def required(self, name: str) -> bool:
+        return name in self._required
 
-    def _start(self, name: str) -> Prefetch[Page]:
-        return Prefetch(lambda: self._pages(name), depth=PREFETCH_PAGES)
+    def row(self, stream: str, record: dict[str, Any], location: str) -> RawRow:
+        if location.endswith("/deletes"):
+            return RawRow(location, dict(record.get("keyValues") or {}), record.get("id"))
+        if location.endswith("/keyChanges"):
+            return RawRow(location, record, record.get("id"))
+        return RawRow(f"{stream}#{record.get('id', '')}", record, record.get("id"))
 
-    def _pages(self, name: str) -> Iterator[Page]:
-        """Every page the plan needs, in order, the last page of each window marked."""
+    def outs(self, name: str) -> Iterator[Out]:
+        """Every page the plan needs, window by window; the last page of each is a resume point.
+
+        Reverse order inside a window: a record that leaves it mid-pull shifts only pages already
+        read, so a row may repeat but none is skipped.
+        """
         plan = self.plans[name]
-        if plan.low > plan.high:
-            return
         url = self.client.resource(name).url
         phases = [("data", url)]
         if not plan.full:
             phases += [("deletes", url + "/deletes"), ("keyChanges", url + "/keyChanges")]
-        low = plan.low
-        while low <= plan.high:
-            high = min(plan.high, low + self.cfg.change_version_window - 1)
-            for index, (phase, phase_url) in enumerate(phases):
-                last_phase = index == len(phases) - 1
-                # One page of lookahead marks the window's last page without holding the window.
-                held: tuple[bytes, list[dict[str, Any]]] = (b"[]", [])
-                for n, page in enumerate(self._window(phase_url, low, high, name)):
-                    if n:
-                        yield Page(phase, held[1], held[0], high, False)
-                    held = page
-                yield Page(phase, held[1], held[0], high, last_phase)
-            low = high + 1
-
-    def _chunk(
-        self, stream: Stream, page: Page, known: set[int], plan: Plan, window_done: int | None
-    ) -> Chunk:
-        cursor = None
-        if window_done is not None:
-            state: dict[str, Any] = {"watermark": window_done, "year": self.year}
-            if plan.full and window_done < plan.high:
-                state.update(in_progress="full", target=plan.high)
-            cursor = json.dumps(state)
-        digest = digest64(stream.context_fingerprint, page.phase.encode(), page.raw)
-        records = page.records
-        if page.phase == "data":
-            if digest in known:
-                return Chunk(digest, len(records), None, cursor)
-            rows = [RawRow(f"{stream.name}#{r.get('id', '')}", r) for r in records]
-            return Chunk(digest, len(records), rows, cursor)
-        # A key change retires the old key; the record under its new key arrives as data.
-        field = "keyValues" if page.phase == "deletes" else "oldKeyValues"
-        rows = [RawRow(f"{stream.name}/{page.phase}", dict(r.get(field) or {})) for r in records]
-        return Chunk(digest, len(records), rows, cursor, deletions=True)
-
-    # -- paging -----------------------------------------------------------------------------------
-
-    def _window(
-        self, url: str, low: int, high: int, name: str
-    ) -> Iterator[tuple[bytes, list[dict[str, Any]]]]:
-        """The pages of one change-version window, last offset first, a group at a time.
-
-        Reverse order: a record that leaves the window mid-pull shifts only pages already read,
-        so a row may repeat but none is skipped. Groups keep memory to GROUP_PAGES pages while
-        the next group is already being fetched.
-        """
-        if self.cursor_paging:
-            yield from self._token_pages(url, low, high)
-            return
         size = self.cfg.page_size
-        params = {"minChangeVersion": low, "maxChangeVersion": high}
-        head = self.http.get_json(url, {**params, "offset": 0, "limit": 0, "totalCount": "true"})
-        total = int(head.headers.get("Total-Count") or 0)
-        offsets = list(range(0, total, size))[::-1]
-        groups = [offsets[i : i + GROUP_PAGES] for i in range(0, len(offsets), GROUP_PAGES)]
-        received = 0
-        with ThreadPoolExecutor(max_workers=self.http.policy.concurrency) as pool:
-
-            def submit(group: list[int]) -> list[Any]:
-                return [
-                    pool.submit(self.http.get_json, url, {**params, "offset": o, "limit": size})
-                    for o in group
-                ]
-
-            ahead = submit(groups[0]) if groups else []
-            for n in range(len(groups)):
-                current, ahead = ahead, (submit(groups[n + 1]) if n + 1 < len(groups) else [])
-                for future in current:
-                    page = future.result()
-                    records = _records(page.body, url)
-                    received += len(records)
-                    if records:
-                        yield page.raw, records
-        if received != total:
-            log.warning("edfi.count_changed", resource=name, expected=total, received=received)
-
-    def _token_pages(
-        self, url: str, low: int, high: int
-    ) -> Iterator[tuple[bytes, list[dict[str, Any]]]]:
-        """ODS/API 7.3+ cursor paging: `pageToken` in, `Next-Page-Token` out."""
-        params: dict[str, Any] = {
-            "minChangeVersion": low,
-            "maxChangeVersion": high,
-            "pageSize": self.cfg.page_size,
-        }
-        while True:
-            page = self.http.get_json(url, params)
-            records = _records(page.body, url)
-            if records:
-                yield page.raw, records
-            token = page.headers.get("Next-Page-Token")
-            if not token or not records:
-                return
-            params["pageToken"] = token
+        pager: OffsetPaginator | PageTokenPaginator = (
+            PageTokenPaginator(size, list_body) if self.cursor_paging else OffsetPaginator(
+                size, list_body, "Total-Count", {"offset": 0, "limit": 0, "totalCount": "true"},
+                GROUP_PAGES, whole_reverse=True, strict_total=False)
+        )  # fmt: skip
+        for low, high in windows(plan.low, plan.high, self.cfg.change_version_window):
+            params = {"minChangeVersion": low, "maxChangeVersion": high}
+            for index, (phase, phase_url) in enumerate(phases):
+                closes = index == len(phases) - 1
+                for page in pager.pages(self.http, phase_url, params, name=name):
+                    cursor: dict[str, Any] | None = None
+                    if closes and page.last:
+                        cursor = {"watermark": high, "year": self.year}
+                        if plan.full and high < plan.high:
+                            cursor.update(in_progress="full", target=plan.high)
+                    if page.records or cursor is not None:
+                        yield Out(name, page, phase, cursor)
 
 
 @dataclass
-class Page:
-    phase: str  # data | deletes | keyChanges
-    records: list[dict[str, Any]]
-    raw: bytes
-    window_high: int
-    ends_window: bool
-
-
-def _records(body: Any, url: str) -> list[dict[str, Any]]:
-    if not isinstance(body, list) or not all(isinstance(r, dict) for r in body):
-        raise PermanentError(f"{url.split('?')[0]} answered JSON that is not a list of records")
-    return body
+class Plan:
+    full: bool
+    low: int  # first change version to read (inclusive)
+    high: int  # last change version to read (inclusive)
 
 
 def mappings_factory(descriptors: Any) -> Any:
@@ -325,7 +261,8 @@ def mappings_factory(descriptors: Any) -> Any:
 
 
 def build(settings: Settings, cfg: EdFiSettings) -> BuiltSource:
-    fingerprint = config_fingerprint(cfg)
+    # Rows now carry the record's id: a full pull re-reads pages stored before they did.
+    fingerprint = config_fingerprint(cfg) + b"record-ids"
     override = settings.resolve(cfg.descriptor_map) if cfg.descriptor_map else None
     if override is not None:
         if not override.is_file():

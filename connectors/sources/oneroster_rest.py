@@ -3,25 +3,24 @@
 No maintained Python OneRoster client exists, so this is ours. Records are flattened into the
 shape of the OneRoster CSV columns and go through the same mappings as the CSV source.
 
-Paging is `limit`/`offset` with `X-Total-Count`; once the total is known, pages are fetched
-concurrently up to the source's cap. Deltas ask for `dateLastModified>` the watermark, which is
-the server's own clock (`Date` header) at the start of the last complete pull, so a record changed
-while a pull ran is read again next time instead of being missed.
+Streams, paging, cursors and resume come from `api_base.CursorFieldSource`: `limit`/`offset`,
+concurrent once `X-Total-Count` is known, else `Link: rel="next"`, else until a short page.
+Deltas ask for `dateLastModified>` the watermark, which is the server's own clock (`Date`
+header) at the start of the last complete pull, so a record changed while a pull ran is read
+again next time instead of being missed.
 """
 
 from __future__ import annotations
 
 import email.utils
-import json
-from collections.abc import Iterator, Mapping
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
+from urllib.parse import urljoin
 
 from pydantic import Field
 
-from connectors.base import BuiltSource, Chunk, RawRow, Stream, config_fingerprint
+from connectors.base import BuiltSource, config_fingerprint
 from connectors.http import (
     HttpClient,
     HttpPolicy,
@@ -30,13 +29,12 @@ from connectors.http import (
     OAuth2ClientCredentials,
 )
 from connectors.registry import register
-from connectors.sources.csv_chunks import digest64
+from connectors.sources.api_base import CursorFieldSource, OffsetPaginator, RestStream, keyed_body
 from mappings.oneroster import entity_mappings
 from mappings.spec import EntityMapping
 from service.config import Settings, SourceSettings
-from service.errors import PermanentError
 
-PAGES_PER_GROUP = 16  # pages held in memory at once; each group is a resume point
+PAGES_PER_GROUP = 16  # pages fetched at once
 CLOCK_SKEW = timedelta(seconds=2)
 # collection -> (service, key of the list in the response body)
 COLLECTIONS = {
@@ -131,33 +129,36 @@ class OneRosterRestSettings(SourceSettings):
     http: HttpSettings = HttpSettings()
 
 
-@dataclass
-class Plan:
-    since: str | None  # dateLastModified watermark; None: a full pull
-    offset: int  # resume point inside the pull
-    started: str | None  # the server's clock when this pull began (the next watermark)
+def _stream(collection: str, service: str) -> RestStream:
+    # Gradebook is optional: a key without its scope (403) or a vendor without it (404) is a
+    # problem of those streams, reported by name, while rostering syncs.
+    return RestStream(collection, service, keyed_body(collection), "dateLastModified",
+                      required=service == "rostering",
+                      params={"sort": "sourcedId", "orderBy": "asc"})  # fmt: skip
 
 
-class OneRosterRestApiSource:
+class OneRosterRestApiSource(CursorFieldSource):
+    """Declared streams on the shared REST machinery; only URLs, auth and flattening are ours."""
+
     kind = "oneroster_rest"
     places_students = False
+    rest_streams = tuple(_stream(c, service) for c, (service, _) in COLLECTIONS.items())
 
     def __init__(self, cfg: OneRosterRestSettings) -> None:
-        self.name = cfg.name
-        self.cfg = cfg
         if cfg.auth == "oauth1":
             auth: Any = OAuth1Signed(cfg.client_id, cfg.client_secret)
         else:
-            token_url = cfg.token_url or cfg.base_url.rstrip("/") + "/token"
+            token_url = urljoin(cfg.base_url.rstrip("/") + "/", cfg.token_url or "token")
             scope = " ".join(cfg.scopes) if cfg.version == "1.2" and cfg.scopes else None
             auth = OAuth2ClientCredentials(token_url, cfg.client_id, cfg.client_secret, scope)
-        self.http = HttpClient(auth, HttpPolicy.from_settings(cfg.http))
+        super().__init__(cfg.name, HttpClient(auth, HttpPolicy.from_settings(cfg.http)),
+                         cfg.base_url)  # fmt: skip
+        self.cfg = cfg
         maps = {m.entity: m for m in entity_mappings(tuple(cfg.guardian_roles))}
         self.mappings: dict[str, EntityMapping] = {c: maps[c] for c in COLLECTIONS}
-        self.plans: dict[str, Plan] = {}
 
-    def url(self, collection: str) -> str:
-        service = COLLECTIONS[collection][0]
+    def url(self, stream: RestStream) -> str:
+        collection, service = stream.name, stream.path
         if self.cfg.version == "1.1":
             default = "/ims/oneroster/v1p1"
             path = (self.cfg.gradebook_path if service == "gradebook" else None) or (
@@ -167,74 +168,19 @@ class OneRosterRestApiSource:
             path = self.cfg.gradebook_path or "/ims/oneroster/gradebook/v1p2"
         else:
             path = self.cfg.rostering_path or "/ims/oneroster/rostering/v1p2"
-        return f"{self.cfg.base_url.rstrip('/')}/{path.strip('/')}/{collection}"
+        return f"{self.base_url}/{path.strip('/')}/{collection}"
 
-    def streams(self, saved: Mapping[str, str]) -> list[Stream]:
-        out = []
-        for collection in COLLECTIONS:
-            state = json.loads(saved[collection]) if collection in saved else {}
-            plan = Plan(state.get("since"), int(state.get("offset", 0)), state.get("started"))
-            self.plans[collection] = plan
-            stream = Stream(
-                collection, "delta" if plan.since else "bulk", collection, resumable=True
-            )
-            stream.resuming = plan.offset > 0
-            out.append(stream)
-        return out
+    def paginator(self, stream: RestStream) -> OffsetPaginator:
+        return OffsetPaginator(self.cfg.page_size, stream.records, group=PAGES_PER_GROUP)
 
-    def read(self, stream: Stream, known_chunks: set[int], cursor: str | None) -> Iterator[Chunk]:
-        plan = self.plans[stream.name]
-        url = self.url(stream.name)
-        size = self.cfg.page_size
-        params: dict[str, Any] = {"limit": size, "sort": "sourcedId", "orderBy": "asc"}
-        if plan.since:
-            params["filter"] = f"dateLastModified>'{plan.since}'"
-        first = self.http.get_json(url, {**params, "offset": plan.offset})
-        started = plan.started or _server_time(first.headers.get("Date"))
-        total = int(first.headers.get("X-Total-Count") or 0)
-        offsets = [plan.offset, *range(plan.offset + size, total, size)]
-        fetched = {plan.offset: first.body}
-        with ThreadPoolExecutor(max_workers=self.http.policy.concurrency) as pool:
-            for i in range(0, len(offsets), PAGES_PER_GROUP):
-                group = offsets[i : i + PAGES_PER_GROUP]
-                # Reverse order: a record vanishing mid-pull repeats a row rather than skip one.
-                futures = {
-                    off: pool.submit(self.http.get_json, url, {**params, "offset": off})
-                    for off in reversed(group)
-                    if off not in fetched
-                }
-                for off in group:
-                    body = fetched.pop(off) if off in fetched else futures[off].result().body
-                    state: dict[str, Any] | None = None
-                    if off == offsets[-1]:
-                        state = {"since": started}  # complete: the next pull is a delta
-                    elif off == group[-1]:
-                        state = {"since": plan.since, "offset": off + size, "started": started}
-                    yield self._chunk(
-                        stream, self._records(stream.name, body), off, known_chunks,
-                        json.dumps(state) if state else None,
-                    )  # fmt: skip
+    def delta_params(self, stream: RestStream, since: str) -> dict[str, Any]:
+        return {"filter": f"dateLastModified>'{since}'"}
 
-    def _records(self, collection: str, body: Any) -> list[dict[str, Any]]:
-        key = COLLECTIONS[collection][1]
-        records = body.get(key) if isinstance(body, dict) else None
-        if not isinstance(records, list):
-            raise PermanentError(f"{collection}: the answer has no {key!r} list")
-        return records
+    def watermark(self, headers: Mapping[str, str]) -> str:
+        return _server_time(headers.get("Date"))
 
-    def _chunk(
-        self, stream: Stream, records: list[dict[str, Any]], offset: int, known: set[int],
-        cursor: str | None,
-    ) -> Chunk:  # fmt: skip
-        raw = json.dumps(records, sort_keys=True).encode()
-        digest = digest64(stream.context_fingerprint, raw)
-        if digest in known:
-            return Chunk(digest, len(records), None, cursor)
-        rows = [
-            RawRow(f"{stream.name}@{offset + i}", flatten(stream.name, r))
-            for i, r in enumerate(records)
-        ]
-        return Chunk(digest, len(records), rows, cursor)
+    def transform(self, stream: str, record: dict[str, Any]) -> dict[str, Any]:
+        return flatten(stream, record)
 
 
 def _server_time(date_header: str | None) -> str:
