@@ -296,3 +296,28 @@ def test_generate_writes_the_files_and_prints_a_table(tmp_path: Path) -> None:
     with (out / "oneroster" / "roles.csv").open(encoding="utf-8", newline="") as fh:
         students = sum(1 for r in csv.DictReader(fh) if r["role"] == "student")
     assert students == 30
+
+
+def test_a_sync_only_configuration_is_valid(tmp_path: Path, db_url: str) -> None:
+    """District IT sets up sources first: no destinations, channels, templates or rules yet."""
+    data = tmp_path / "data"
+    generate_district(data, students=20, seed=5)
+    raw = copy.deepcopy(example_config())
+    for key in ("destinations", "channels", "templates", "rules", "caseloads", "resources"):
+        raw.pop(key)
+    raw["database"]["url"] = db_url
+    for source in raw["sources"]:
+        source["path"] = str(data / ("oneroster" if source["kind"] == "oneroster_csv" else "sis"))
+    config = write_config(tmp_path / "sync-only.yaml", raw)
+    checked = invoke("--config", str(config), "check-config")
+    assert checked.exit_code == 0, checked.output
+    assert "0 destinations, 0 channels" in one_line(checked.output)
+    synced = invoke("--config", str(config), "sync")
+    assert synced.exit_code == 0, synced.output
+    # Channels without templates is the one combination that cannot work: said at start.
+    raw["channels"] = example_config()["channels"]
+    broken = invoke("--config", str(write_config(tmp_path / "b.yaml", raw)), "check-config")
+    assert broken.exit_code == 2
+    assert "templates: channels are configured: family_notice templates needed" in one_line(
+        broken.output
+    )
