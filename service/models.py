@@ -138,6 +138,9 @@ class ContactPreference(Base):
     # "Stop everything", by any reasonable means: every channel.
     all_opted_out_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     evidence: Mapped[dict[str, Any] | None] = mapped_column(Json)
+    # The SMS provider rejected this number (invalid, not a mobile): texts skip it until the SIS
+    # gives a different one; email is used instead.
+    sms_unusable_phone: Mapped[str | None] = mapped_column(String(32))
 
 
 class StudentContact(SourceRow, Base):
@@ -439,3 +442,59 @@ class Disclosure(Base):
     basis: Mapped[str] = mapped_column(String(255))
     outbox_id: Mapped[int | None] = mapped_column(ForeignKey("outbox.id"))
     disclosed_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+# -- families (issue 8): consent history, provider message states, send-rate slots -------------
+
+
+class ConsentEvent(Base):
+    """Every consent change a family made, with its evidence, kept (TCPA: at least 4 years).
+
+    `contact_preferences` says where a contact stands now; this says how it got there.
+    """
+
+    __tablename__ = "consent_events"
+    id: Mapped[int] = mapped_column(SerialId, primary_key=True, autoincrement=True)
+    contact_id: Mapped[str] = mapped_column(Key, index=True)
+    # opt_out | opt_in | address_unusable
+    action: Mapped[str] = mapped_column(String(32))
+    scope: Mapped[str] = mapped_column(String(16))  # sms | email | all
+    # sms_reply | carrier_opt_out | unsubscribe_link | provider_error
+    via: Mapped[str] = mapped_column(String(32))
+    evidence: Mapped[dict[str, Any]] = mapped_column(Json)
+    at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class InboundMessage(Base):
+    """A text a family sent us, kept as received; the provider's id makes a retried webhook
+    one message (one action, at most one confirmation)."""
+
+    __tablename__ = "inbound_messages"
+    provider_id: Mapped[str] = mapped_column(String(64), primary_key=True)  # Twilio MessageSid
+    channel: Mapped[str] = mapped_column(String(64))
+    from_address: Mapped[str] = mapped_column(String(64), index=True)
+    body: Mapped[str] = mapped_column(Text)
+    # opt_out | opt_in | help | other
+    action: Mapped[str] = mapped_column(String(16))
+    contact_ids: Mapped[list[Any]] = mapped_column(Json)
+    received_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class MessageStatus(Base):
+    """A provider's delivery state of one message we sent; only ever moves forward."""
+
+    __tablename__ = "message_statuses"
+    provider_id: Mapped[str] = mapped_column(String(64), primary_key=True)  # Twilio MessageSid
+    channel: Mapped[str] = mapped_column(String(64))
+    status: Mapped[str] = mapped_column(String(16))
+    rank: Mapped[int] = mapped_column(Integer)
+    error_code: Mapped[str | None] = mapped_column(String(16))
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class SendRate(Base):
+    """The next free send slot per sender (seconds since the epoch), shared by every worker."""
+
+    __tablename__ = "send_rates"
+    sender: Mapped[str] = mapped_column(String(128), primary_key=True)
+    next_at: Mapped[float] = mapped_column(Float)

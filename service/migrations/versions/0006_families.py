@@ -1,0 +1,79 @@
+"""families: consent history, inbound texts, provider message states, send-rate slots,
+numbers the SMS provider rejected
+
+Revision ID: 0006
+Revises: 0003
+"""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+from alembic import op
+
+revision = "0006"
+down_revision = "0003"
+branch_labels = None
+depends_on = None
+
+Json = sa.JSON().with_variant(sa.dialects.postgresql.JSONB(), "postgresql")
+SerialId = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
+
+
+def upgrade() -> None:
+    with op.batch_alter_table("contact_preferences", schema=None) as batch_op:
+        batch_op.add_column(sa.Column("sms_unusable_phone", sa.String(length=32), nullable=True))
+    op.create_table(
+        "consent_events",
+        sa.Column("id", SerialId, autoincrement=True, nullable=False),
+        sa.Column("contact_id", sa.String(length=128), nullable=False),
+        sa.Column("action", sa.String(length=32), nullable=False),
+        sa.Column("scope", sa.String(length=16), nullable=False),
+        sa.Column("via", sa.String(length=32), nullable=False),
+        sa.Column("evidence", Json, nullable=False),
+        sa.Column("at", sa.DateTime(timezone=True), nullable=False),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_consent_events")),
+    )
+    with op.batch_alter_table("consent_events", schema=None) as batch_op:
+        batch_op.create_index(batch_op.f("ix_consent_events_contact_id"), ["contact_id"])
+    op.create_table(
+        "inbound_messages",
+        sa.Column("provider_id", sa.String(length=64), nullable=False),
+        sa.Column("channel", sa.String(length=64), nullable=False),
+        sa.Column("from_address", sa.String(length=64), nullable=False),
+        sa.Column("body", sa.Text(), nullable=False),
+        sa.Column("action", sa.String(length=16), nullable=False),
+        sa.Column("contact_ids", Json, nullable=False),
+        sa.Column("received_at", sa.DateTime(timezone=True), nullable=False),
+        sa.PrimaryKeyConstraint("provider_id", name=op.f("pk_inbound_messages")),
+    )
+    with op.batch_alter_table("inbound_messages", schema=None) as batch_op:
+        batch_op.create_index(batch_op.f("ix_inbound_messages_from_address"), ["from_address"])
+    op.create_table(
+        "message_statuses",
+        sa.Column("provider_id", sa.String(length=64), nullable=False),
+        sa.Column("channel", sa.String(length=64), nullable=False),
+        sa.Column("status", sa.String(length=16), nullable=False),
+        sa.Column("rank", sa.Integer(), nullable=False),
+        sa.Column("error_code", sa.String(length=16), nullable=True),
+        sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
+        sa.PrimaryKeyConstraint("provider_id", name=op.f("pk_message_statuses")),
+    )
+    op.create_table(
+        "send_rates",
+        sa.Column("sender", sa.String(length=128), nullable=False),
+        sa.Column("next_at", sa.Float(), nullable=False),
+        sa.PrimaryKeyConstraint("sender", name=op.f("pk_send_rates")),
+    )
+
+
+def downgrade() -> None:
+    op.drop_table("send_rates")
+    op.drop_table("message_statuses")
+    with op.batch_alter_table("inbound_messages", schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f("ix_inbound_messages_from_address"))
+    op.drop_table("inbound_messages")
+    with op.batch_alter_table("consent_events", schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f("ix_consent_events_contact_id"))
+    op.drop_table("consent_events")
+    with op.batch_alter_table("contact_preferences", schema=None) as batch_op:
+        batch_op.drop_column("sms_unusable_phone")
