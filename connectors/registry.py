@@ -34,6 +34,7 @@ BUILTIN_MODULES = (
     "connectors.sources.edfi",
     "connectors.destinations.file",
     "connectors.channels.file",
+    "connectors.channels.twilio_sms",
 )
 
 

@@ -87,6 +87,10 @@ def check_config(ctx: click.Context) -> None:
         f"{len(settings.rules)} rules, {len(settings.caseloads)} caseloads, "
         f"{len(settings.destinations)} destinations, {len(settings.channels)} channels"
     )
+    from service.render import template_warnings
+
+    for warning in template_warnings(settings):
+        console.print(f"[yellow]warning[/] {escape(str(warning))}", soft_wrap=True)
 
 
 @main.group("db")

@@ -187,6 +187,8 @@ class PolicyConfig(Strict):
     # A resource already sent to this contact within this many days is not sent again.
     resource_repeat_days: int = Field(90, ge=0)
     resources_per_message: int = Field(3, ge=1, le=10)
+    # A text stays within this many SMS segments: fewer resources are named when it would not.
+    sms_max_segments: int = Field(2, ge=1, le=10)
 
 
 class ScheduleConfig(Strict):

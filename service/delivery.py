@@ -28,12 +28,15 @@ from connectors.base import (
 from connectors.registry import lookup
 from service.clock import utcnow
 from service.config import Settings
-from service.errors import PermanentError
+from service.consent import mark_sms_unusable, record_opt_out
+from service.errors import AddressRejected, PermanentError
 from service.intents import FAMILY_NOTICE, TASK_UPSERT, case_subject
 from service.models import Case, DeliveryLink, Disclosure, OutboxItem
 from service.outreach import contact_state, recent_family_sends, resources_for
 from service.policy import ChannelChoice, Defer, Suppress, decide
-from service.render import render_family_notice
+from service.ratelimit import wait_for_slot
+from service.render import fit_family_notice
+from service.sms_text import body_digest, sms_size
 from service.task_view import aware, build_task, disclosed_categories, school_name, student_facts
 
 STAFF_BASIS = "school official with legitimate educational interest, 34 CFR 99.31(a)(1)"
@@ -184,26 +187,33 @@ class Deliverer:
         if isinstance(decision, Defer):
             return Wait(decision.until, decision.reason)
         channel = self.channels[decision.channel]
-        rendered = render_family_notice(
+        rendered, used = fit_family_notice(
             settings.templates, settings.district.name, contact.language, decision.medium,
-            decision.resources, facts.get("first_name") or "", school,
+            decision.resources, facts.get("first_name") or "", school, policy.sms_max_segments,
         )  # fmt: skip
         message = FamilyMessage(
-            decision.address, rendered.language, rendered.body, rendered.subject
+            decision.address, rendered.language, rendered.body, rendered.subject, item.contact_id
         )
-        record = {
+        record: dict[str, Any] = {
             "channel": channel.name,
             "medium": decision.medium,
             "to": decision.address,
             "language": rendered.language,
-            "resource_ids": [r.id for r in decision.resources],
+            "resource_ids": [r.id for r in used],
+            # Lets reconcile recognise our text in the provider's message list.
+            "body_digest": body_digest(rendered.body),
         }
-        return Send(
-            channel.name,
-            channel.idempotency != "provider_key",
-            lambda: channel.send(item.idempotency_key, message),
-            record,
-        )
+        if decision.medium == "sms":
+            size = sms_size(rendered.body)
+            record |= {"segments": size.segments, "encoding": size.encoding}
+        rate: tuple[str, float] | None = getattr(channel, "rate_limit", None)
+
+        def call() -> DeliveryResult:
+            if rate is not None:  # the sender's rate, shared by every worker
+                wait_for_slot(self.engine, *rate)
+            return channel.send(item.idempotency_key, message)
+
+        return Send(channel.name, channel.idempotency != "provider_key", call, record)
 
     # -- after a crash ------------------------------------------------------------------------
 
@@ -223,6 +233,11 @@ class Deliverer:
         channel = self.channels.get(record.get("channel") or item.target)
         if channel is None:
             return Reconciled("unknown", detail=f"channel {item.target!r} is not configured")
+        digest = record.get("body_digest")
+        if digest and getattr(channel, "reconciles_by_body", False):
+            return channel.reconcile(  # type: ignore[call-arg]
+                item.idempotency_key, str(record.get("to")), since, body_digest=digest
+            )
         return channel.reconcile(item.idempotency_key, str(record.get("to")), since)
 
     # -- what follows a delivery, in the delivered mark's transaction ---------------------------
@@ -254,6 +269,20 @@ class Deliverer:
                 student_id=item.student_id, outbox_id=item.id, disclosed_at=now, **disclosure
             )
         )
+
+    def rejected(self, conn: Connection, item: OutboxItem, exc: AddressRejected) -> None:
+        """Record a provider's final refusal of an address on the contact (the mark's
+        transaction): a carrier opt-out is an SMS opt-out, an invalid number is unusable."""
+        if item.contact_id is None or exc.medium != "sms":
+            return
+        evidence = {"provider_code": exc.code, "outbox_id": item.id, "to": exc.address,
+                    "at": self.clock().isoformat()}  # fmt: skip
+        if exc.opted_out:
+            record_opt_out(
+                conn, [item.contact_id], "sms", "carrier_opt_out", evidence, self.clock()
+            )
+        else:
+            mark_sms_unusable(conn, item.contact_id, exc.address, evidence, self.clock())
 
     @staticmethod
     def _link(conn: Connection, target: str, subject: str) -> tuple[Link, int] | None:

@@ -129,3 +129,69 @@ def check_templates(settings: Settings) -> list[ConfigProblem]:
                     ConfigProblem(settings.source_file, where, f"template error{at}: {exc}")
                 )
     return problems
+
+
+def fit_family_notice(
+    templates: TemplateConfig,
+    district: str,
+    language: str,
+    medium: str,
+    resources: list[ResourceConfig],
+    student_first_name: str,
+    school_name: str,
+    max_segments: int,
+) -> tuple[RenderedMessage, list[ResourceConfig]]:
+    """Render with as many resources as fit in `max_segments` SMS segments (at least one).
+
+    Email is not cut. The resources left out are not counted as sent, so a later message can
+    still offer them.
+    """
+    from service.sms_text import sms_size
+
+    count = len(resources)
+    while True:
+        chosen = resources[:count]
+        rendered = render_family_notice(
+            templates, district, language, medium, chosen, student_first_name, school_name
+        )
+        if medium != "sms" or count <= 1 or sms_size(rendered.body).segments <= max_segments:
+            return rendered, chosen
+        count -= 1
+
+
+def template_warnings(settings: Settings) -> list[ConfigProblem]:
+    """Translations that cost far more SMS segments than English (UCS-2 triples the count).
+
+    Not errors: the message still goes out, with fewer resources per text.
+    """
+    from service.sms_text import sms_size
+
+    templates = settings.templates
+    if templates is None:
+        return []
+    limit = settings.policy.sms_max_segments
+    sizes = {}
+    for language in templates.family_notice:
+        rendered = render_family_notice(
+            templates, settings.district.name, language, "sms", SAMPLE_RESOURCES,
+            "Sam", "Sample School",
+        )  # fmt: skip
+        sizes[language] = sms_size(rendered.body)
+    english = sizes.get("en")
+    warnings: list[ConfigProblem] = []
+    for language, size in sizes.items():
+        where = f"templates.family_notice.{language}"
+        if english and language != "en" and size.segments >= 3 * max(english.segments, 1):
+            warnings.append(ConfigProblem(
+                settings.source_file, where,
+                f"{size.segments} SMS segments ({size.encoding}) where English takes "
+                f"{english.segments} ({english.encoding}): shorten it or avoid characters "
+                "outside GSM-7",
+            ))  # fmt: skip
+        elif size.segments > limit:
+            warnings.append(ConfigProblem(
+                settings.source_file, where,
+                f"{size.segments} SMS segments ({size.encoding}) with one resource, above "
+                f"policy.sms_max_segments ({limit})",
+            ))  # fmt: skip
+    return warnings
