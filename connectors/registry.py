@@ -35,6 +35,7 @@ BUILTIN_MODULES = (
     "connectors.destinations.file",
     "connectors.channels.file",
     "connectors.channels.twilio_sms",
+    "connectors.channels.smtp_email",
 )
 
 

@@ -12,6 +12,7 @@ from collections.abc import Iterable
 from datetime import datetime
 from typing import Any, Literal
 
+from itsdangerous import URLSafeSerializer
 from sqlalchemy import Connection, insert, select, update
 
 from service.bulk import dialect_insert, table
@@ -144,3 +145,18 @@ def mark_sms_unusable(
         .values(sms_unusable_phone=phone)
     )
     _event(conn, [contact_id], "address_unusable", "sms", "provider_error", evidence, now)
+
+
+# -- email unsubscribe links (RFC 8058 one-click; no login) -----------------------------------
+
+UNSUBSCRIBE_SALT = "casebridge-unsubscribe"
+
+
+def unsubscribe_serializer(secret: str) -> URLSafeSerializer:
+    return URLSafeSerializer(secret, salt=UNSUBSCRIBE_SALT)
+
+
+def unsubscribe_url(public_url: str, channel: str, secret: str, contact_id: str) -> str:
+    """The signed link for this contact: an opaque token, no name or address in it."""
+    token = unsubscribe_serializer(secret).dumps({"c": contact_id})
+    return f"{public_url.rstrip('/')}/unsubscribe/{channel}/{token}"

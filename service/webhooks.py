@@ -15,7 +15,7 @@ from typing import Any
 
 import structlog
 from flask import Blueprint, Response, abort, current_app, request
-from itsdangerous import BadSignature, URLSafeSerializer
+from itsdangerous import BadSignature
 from sqlalchemy import Engine, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from twilio.request_validator import RequestValidator
@@ -30,6 +30,7 @@ from service.consent import (
     mark_sms_unusable,
     record_opt_in,
     record_opt_out,
+    unsubscribe_serializer,
 )
 from service.intents import FAMILY_NOTICE
 from service.models import Contact, InboundMessage, MessageStatus, OutboxItem
@@ -44,7 +45,6 @@ STATUS_RANK = {
 }  # fmt: skip
 # Final delivery errors that say the number cannot take texts (unknown handset, landline).
 UNREACHABLE_CODES = frozenset({"30005", "30006"})
-UNSUBSCRIBE_SALT = "casebridge-unsubscribe"
 
 
 def _settings() -> Settings:
@@ -201,16 +201,6 @@ def _twiml(reply: str | None) -> Response:
 
 
 # -- email: one-click unsubscribe (RFC 8058), no login ---------------------------------------
-
-
-def unsubscribe_serializer(secret: str) -> URLSafeSerializer:
-    return URLSafeSerializer(secret, salt=UNSUBSCRIBE_SALT)
-
-
-def unsubscribe_url(public_url: str, channel: str, secret: str, contact_id: str) -> str:
-    """The signed link for this contact: a token, no name or address in it."""
-    token = unsubscribe_serializer(secret).dumps({"c": contact_id})
-    return f"{public_url.rstrip('/')}/unsubscribe/{channel}/{token}"
 
 
 _PAGE = """<!doctype html><html lang="{lang}"><head><meta charset="utf-8">
