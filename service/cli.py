@@ -441,3 +441,39 @@ def print_dispatch(r: DispatchReport, counts: Counter[str]) -> None:
 
 if __name__ == "__main__":  # pragma: no cover
     main()
+
+
+@main.group("resources")
+def resources_group() -> None:
+    """Community resources (an Open Referral HSDS 3.0 directory)."""
+
+
+@resources_group.command("import")
+@click.argument("source", required=False)
+@click.pass_context
+def resources_import(ctx: click.Context, source: str | None) -> None:
+    """Import SOURCE (a JSON file, a CSV package folder or .zip, or a URL); default: the
+    configured `resource_directory.url`. Updates in place, retires vanished services, and
+    quarantines records that break the rules, with the reason."""
+    from service.resources import import_directory
+
+    settings = _settings(ctx.find_root())
+    engine = _engine(settings)
+    try:
+        report = import_directory(engine, settings, source)
+    except (OSError, ValueError) as exc:  # unreadable file, bad JSON, HTTP error
+        console.print(f"[bold red]cannot read {escape(str(source))}: {escape(str(exc))}[/]")
+        sys.exit(1)
+    table = Table(title="Resource directory import")
+    table.add_column("measure")
+    table.add_column("count", justify="right")
+    for label, value in (
+        ("services read", report.read), ("inserted", report.inserted),
+        ("updated in place", report.updated), ("unchanged", report.unchanged),
+        ("retired (vanished)", report.retired), ("quarantined", len(report.quarantined)),
+        ("without a mapped category", report.uncategorised),
+    ):  # fmt: skip
+        table.add_row(label, str(value))
+    console.print(table)
+    for record_id, reason in report.quarantined:
+        console.print(f"[yellow]quarantined[/] {escape(str(record_id))}: {escape(reason)}")

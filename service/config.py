@@ -191,6 +191,21 @@ class PolicyConfig(Strict):
     sms_max_segments: int = Field(2, ge=1, le=10)
 
 
+class ResourceDirectoryConfig(Strict):
+    """Community resources imported from an Open Referral HSDS 3.0 directory
+    (`casebridge resources import`), matched per notice next to the YAML `resources`."""
+
+    name: str = "hsds"
+    url: str | None = None  # imported when `casebridge resources import` gets no path
+    # An HSDS taxonomy term's code or name (case-insensitive) -> our category (rules' resources).
+    categories: dict[str, str] = {}
+    per_category: int = Field(2, ge=1, le=10)  # the top N per category
+    max_distance_km: float | None = Field(None, gt=0)
+    stale_after_days: int = Field(365, ge=1)  # `assured_date` older than this ranks lower
+    # School id or number -> (latitude, longitude): distances are measured from the school.
+    school_locations: dict[str, tuple[float, float]] = {}
+
+
 class ScheduleConfig(Strict):
     sync_cron: str = "0 2 * * *"
     dispatch_interval_seconds: int = Field(60, ge=1)
@@ -208,6 +223,7 @@ class Settings(Strict):
     cases: CaseConfig = CaseConfig()
     caseloads: list[CaseloadConfig] = []
     resources: list[ResourceConfig] = []
+    resource_directory: ResourceDirectoryConfig | None = None
     destinations: list[DestinationSettings] = []
     channels: list[ChannelSettings] = []
     # Optional until channels are set up: a sync-only configuration is valid.
@@ -258,6 +274,9 @@ def _cross_problems(raw: dict[str, Any], file: str) -> list[ConfigProblem]:
             )
         )
     categories = {r.get("category") for r in items("resources")}
+    directory = raw.get("resource_directory")
+    if isinstance(directory, dict) and isinstance(directory.get("categories"), dict):
+        categories |= set(directory["categories"].values())  # imported resources' categories
     for index, rule in enumerate(items("rules")):
         wanted = rule.get("resources")
         if not isinstance(wanted, list):

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
+from zoneinfo import ZoneInfo
 
 from sqlalchemy import Connection, Engine, and_, insert, select, update
 
@@ -36,6 +37,7 @@ from service.outreach import contact_state, recent_family_sends, resources_for
 from service.policy import ChannelChoice, Defer, Suppress, decide
 from service.ratelimit import wait_for_slot
 from service.render import fit_family_notice
+from service.resources import match_resources
 from service.sms_text import body_digest, sms_size
 from service.task_view import aware, build_task, disclosed_categories, school_name, student_facts
 
@@ -164,9 +166,20 @@ class Deliverer:
             sends = recent_family_sends(conn, item.contact_id, since)
             facts = student_facts(conn, [item.student_id]).get(item.student_id, {})
             school = school_name(conn, facts.get("school_id")) or "your school"
-        candidates = resources_for(
-            settings, item.payload.get("categories") or [], item.payload.get("resource_ids") or []
-        )
+            why: dict[str, str] = {}
+            if settings.resource_directory is not None:  # imported directory + YAML, ranked
+                matches = match_resources(
+                    conn, settings, item.payload.get("categories") or [], contact.language,
+                    facts.get("grade_level"), facts.get("school_id"),
+                    now.astimezone(ZoneInfo(settings.district.timezone)).date(),
+                )  # fmt: skip
+                candidates = [m.resource for m in matches]
+                why = {m.resource.id: m.why for m in matches}
+        if settings.resource_directory is None:
+            candidates = resources_for(
+                settings, item.payload.get("categories") or [],
+                item.payload.get("resource_ids") or [],
+            )  # fmt: skip
         decision = decide(
             now=now,
             timezone=settings.district.timezone,
@@ -200,6 +213,7 @@ class Deliverer:
             "to": decision.address,
             "language": rendered.language,
             "resource_ids": [r.id for r in used],
+            **({"why": {r.id: why[r.id] for r in used if r.id in why}} if why else {}),
             # Lets reconcile recognise our text in the provider's message list.
             "body_digest": body_digest(rendered.body),
         }

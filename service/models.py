@@ -498,3 +498,44 @@ class SendRate(Base):
     __tablename__ = "send_rates"
     sender: Mapped[str] = mapped_column(String(128), primary_key=True)
     next_at: Mapped[float] = mapped_column(Float)
+
+
+class CommunityResource(Base):
+    """A service from an imported resource directory (Open Referral HSDS 3.0).
+
+    Re-imports update in place; a service that vanished from its directory is retired (inactive,
+    `retired_at`), never deleted, so what families were sent stays explainable.
+    """
+
+    __tablename__ = "community_resources"
+    resource_id: Mapped[str] = mapped_column(Key, primary_key=True)  # the HSDS service id
+    directory: Mapped[str] = mapped_column(String(64), index=True)
+    category: Mapped[str | None] = mapped_column(String(64))  # ours, mapped from taxonomy terms
+    name: Mapped[str] = mapped_column(String(255))
+    organization: Mapped[str | None] = mapped_column(String(255))
+    phone: Mapped[str | None] = mapped_column(String(32))  # E.164 when it could be read
+    url: Mapped[str | None] = mapped_column(String(512))
+    status: Mapped[str] = mapped_column(String(32))
+    active: Mapped[bool] = mapped_column(Boolean)
+    languages: Mapped[list[Any]] = mapped_column(Json)  # ISO 639-1 codes
+    minimum_age: Mapped[float | None] = mapped_column(Float)
+    maximum_age: Mapped[float | None] = mapped_column(Float)
+    latitude: Mapped[float | None] = mapped_column(Float)
+    longitude: Mapped[float | None] = mapped_column(Float)
+    assured_date: Mapped[date | None] = mapped_column(Date)
+    notes: Mapped[list[Any]] = mapped_column(Json)  # fields dropped on import, and why
+    content_hash: Mapped[str] = mapped_column(String(32))
+    seen_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    retired_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class ResourceQuarantine(Base):
+    """A directory record that could not be used, with the reason; the previous version stays."""
+
+    __tablename__ = "resource_quarantine"
+    id: Mapped[int] = mapped_column(SerialId, primary_key=True, autoincrement=True)
+    directory: Mapped[str] = mapped_column(String(64), index=True)
+    record_id: Mapped[str | None] = mapped_column(String(255))
+    reason: Mapped[str] = mapped_column(Text)
+    payload: Mapped[dict[str, Any]] = mapped_column(Json)
+    at: Mapped[datetime] = mapped_column(DateTime(timezone=True))

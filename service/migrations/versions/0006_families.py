@@ -64,9 +64,48 @@ def upgrade() -> None:
         sa.Column("next_at", sa.Float(), nullable=False),
         sa.PrimaryKeyConstraint("sender", name=op.f("pk_send_rates")),
     )
+    op.create_table(
+        "community_resources",
+        sa.Column("resource_id", sa.String(length=128), nullable=False),
+        sa.Column("directory", sa.String(length=64), nullable=False),
+        sa.Column("category", sa.String(length=64), nullable=True),
+        sa.Column("name", sa.String(length=255), nullable=False),
+        sa.Column("organization", sa.String(length=255), nullable=True),
+        sa.Column("phone", sa.String(length=32), nullable=True),
+        sa.Column("url", sa.String(length=512), nullable=True),
+        sa.Column("status", sa.String(length=32), nullable=False),
+        sa.Column("active", sa.Boolean(), nullable=False),
+        sa.Column("languages", Json, nullable=False),
+        sa.Column("minimum_age", sa.Float(), nullable=True),
+        sa.Column("maximum_age", sa.Float(), nullable=True),
+        sa.Column("latitude", sa.Float(), nullable=True),
+        sa.Column("longitude", sa.Float(), nullable=True),
+        sa.Column("assured_date", sa.Date(), nullable=True),
+        sa.Column("notes", Json, nullable=False),
+        sa.Column("content_hash", sa.String(length=32), nullable=False),
+        sa.Column("seen_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("retired_at", sa.DateTime(timezone=True), nullable=True),
+        sa.PrimaryKeyConstraint("resource_id", name=op.f("pk_community_resources")),
+    )
+    with op.batch_alter_table("community_resources", schema=None) as batch_op:
+        batch_op.create_index(batch_op.f("ix_community_resources_directory"), ["directory"])
+    op.create_table(
+        "resource_quarantine",
+        sa.Column("id", SerialId, autoincrement=True, nullable=False),
+        sa.Column("directory", sa.String(length=64), nullable=False),
+        sa.Column("record_id", sa.String(length=255), nullable=True),
+        sa.Column("reason", sa.Text(), nullable=False),
+        sa.Column("payload", Json, nullable=False),
+        sa.Column("at", sa.DateTime(timezone=True), nullable=False),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_resource_quarantine")),
+    )
+    with op.batch_alter_table("resource_quarantine", schema=None) as batch_op:
+        batch_op.create_index(batch_op.f("ix_resource_quarantine_directory"), ["directory"])
 
 
 def downgrade() -> None:
+    op.drop_table("resource_quarantine")
+    op.drop_table("community_resources")
     op.drop_table("send_rates")
     op.drop_table("message_statuses")
     with op.batch_alter_table("inbound_messages", schema=None) as batch_op:
