@@ -219,6 +219,34 @@ def demo(ctx: click.Context) -> None:
     The embedded demo creates or migrates its SQLite schema itself; other commands never do.
     """
     ctx.invoke(run, upgrade=True)
+    _family_messages(_settings(ctx))
+
+
+def _family_messages(settings: Settings, limit: int = 12) -> None:
+    """Each family message sent: language, channel, and the resources with why each was picked
+    (ids only, no names of students or families)."""
+    from sqlalchemy import select
+
+    from service.intents import FAMILY_NOTICE
+    from service.models import OutboxItem
+
+    with _engine(settings).connect() as conn:
+        rows = conn.execute(
+            select(OutboxItem.id, OutboxItem.contact_id, OutboxItem.result)
+            .where(OutboxItem.kind == FAMILY_NOTICE, OutboxItem.status == "delivered")
+            .order_by(OutboxItem.id)
+        ).all()  # fmt: skip
+    table = Table(title=f"Family messages ({len(rows)} sent; first {min(limit, len(rows))})")
+    for col in ("item", "contact", "channel", "language", "segments", "resources and why"):
+        table.add_column(col)
+    for item_id, contact, result in rows[:limit]:
+        result = result or {}
+        why = result.get("why") or {}
+        picks = "\n".join(f"{rid}: {why.get(rid, '-')}" for rid in result.get("resource_ids", []))
+        cells = (item_id, contact, result.get("channel"), result.get("language"),
+                 result.get("segments", "-"), picks)  # fmt: skip
+        table.add_row(*(str(c) for c in cells))
+    console.print(table)
 
 
 @main.command()

@@ -180,6 +180,7 @@ class Deliverer:
                 settings, item.payload.get("categories") or [],
                 item.payload.get("resource_ids") or [],
             )  # fmt: skip
+            why = {r.id: f"{r.category}: on the district's own list" for r in candidates}
         decision = decide(
             now=now,
             timezone=settings.district.timezone,

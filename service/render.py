@@ -143,20 +143,30 @@ def fit_family_notice(
 ) -> tuple[RenderedMessage, list[ResourceConfig]]:
     """Render with as many resources as fit in `max_segments` SMS segments (at least one).
 
-    Email is not cut. The resources left out are not counted as sent, so a later message can
-    still offer them.
+    For each count, first with the resources' descriptions, then with name and phone only (an
+    accented description alone turns a text into UCS-2). Email is not cut. The resources left
+    out are not counted as sent, so a later message can still offer them.
     """
     from service.sms_text import sms_size
 
-    count = len(resources)
-    while True:
-        chosen = resources[:count]
-        rendered = render_family_notice(
+    def render(chosen: list[ResourceConfig]) -> RenderedMessage:
+        return render_family_notice(
             templates, district, language, medium, chosen, student_first_name, school_name
         )
-        if medium != "sms" or count <= 1 or sms_size(rendered.body).segments <= max_segments:
-            return rendered, chosen
-        count -= 1
+
+    if medium != "sms" or not resources:
+        return render(resources), resources
+    fallback: tuple[RenderedMessage, list[ResourceConfig]] | None = None
+    for count in range(len(resources), 0, -1):
+        chosen = resources[:count]
+        for variant in (chosen, [r.model_copy(update={"description": {}}) for r in chosen]):
+            rendered = render(variant)
+            if sms_size(rendered.body).segments <= max_segments:
+                return rendered, chosen
+            if count == 1:
+                fallback = (rendered, chosen)  # the shortest we can make: sent anyway
+    assert fallback is not None
+    return fallback
 
 
 def template_warnings(settings: Settings) -> list[ConfigProblem]:
