@@ -140,6 +140,13 @@ class TemplateConfig(Strict):
 
     family_notice: dict[str, str]
     family_notice_subject: dict[str, str] = {"en": "Resources from your school"}
+    # The closed-loop follow-up (policy.follow_up_days), by text; replies 1, 2 or 3.
+    follow_up: dict[str, str] = {
+        "en": "{{ school }}: did the resources we sent help your family? Reply 1 for yes, "
+        "2 for no, 3 if you need something else.",
+        "es": "{{ school }}: ¿le ayudaron los recursos que le enviamos? Responda 1 si, "
+        "2 no, 3 si necesita otra cosa.",
+    }
 
     @field_validator("family_notice")
     @classmethod
@@ -189,6 +196,8 @@ class PolicyConfig(Strict):
     resources_per_message: int = Field(3, ge=1, le=10)
     # A text stays within this many SMS segments: fewer resources are named when it would not.
     sms_max_segments: int = Field(2, ge=1, le=10)
+    # Ask "did the resources help?" this many days after a text (null: never).
+    follow_up_days: int | None = Field(None, ge=1, le=90)
 
 
 class ResourceDirectoryConfig(Strict):

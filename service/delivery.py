@@ -31,12 +31,19 @@ from service.clock import utcnow
 from service.config import Settings
 from service.consent import mark_sms_unusable, record_opt_out
 from service.errors import AddressRejected, PermanentError
-from service.intents import FAMILY_NOTICE, TASK_UPSERT, case_subject
+from service.intents import FAMILY_NOTICE, FOLLOW_UP, TASK_UPSERT, case_subject, follow_up
 from service.models import Case, DeliveryLink, Disclosure, OutboxItem
 from service.outreach import contact_state, recent_family_sends, resources_for
-from service.policy import ChannelChoice, Defer, Suppress, decide
+from service.policy import (
+    ChannelChoice,
+    Defer,
+    Suppress,
+    choose_channel,
+    decide,
+    next_window_opening,
+)
 from service.ratelimit import wait_for_slot
-from service.render import fit_family_notice
+from service.render import fit_family_notice, render_follow_up
 from service.resources import match_resources
 from service.sms_text import body_digest, sms_size
 from service.task_view import aware, build_task, disclosed_categories, school_name, student_facts
@@ -102,6 +109,8 @@ class Deliverer:
             return self._plan_task(item)
         if item.kind == FAMILY_NOTICE:
             return self._plan_notice(item)
+        if item.kind == FOLLOW_UP:
+            return self._plan_follow_up(item)
         raise PermanentError(f"unknown outbox kind {item.kind!r}")
 
     def _destination(self, name: str) -> Destination:
@@ -230,6 +239,71 @@ class Deliverer:
 
         return Send(channel.name, channel.idempotency != "provider_key", call, record)
 
+    def _plan_follow_up(self, item: OutboxItem) -> Plan:
+        """The closed-loop question, by text on the notice's channel, under the same consent."""
+        settings = self.settings
+        if settings.templates is None:
+            raise PermanentError("no templates are configured")
+        assert item.student_id is not None and item.contact_id is not None
+        with self.engine.connect() as conn:
+            case_status = conn.execute(select(Case.status).where(Case.id == item.case_id)).scalar()
+            contact = contact_state(conn, item.student_id, item.contact_id)
+            facts = student_facts(conn, [item.student_id]).get(item.student_id, {})
+            school = school_name(conn, facts.get("school_id")) or "your school"
+        channel = self.channels.get(str(item.payload.get("channel")))
+        if channel is None or channel.medium != "sms":
+            return Skip("suppressed", "no_sms_channel")
+        if case_status != "open":
+            return Skip("suppressed", "case_closed")
+        route = choose_channel(contact, [ChannelChoice(channel.name, "sms")])
+        reachable = contact.found and contact.active and contact.linked and contact.guardian
+        if not reachable or contact.do_not_contact or contact.no_contact:
+            return Skip("suppressed", "contact_unavailable")
+        if isinstance(route, Suppress):
+            return Skip("suppressed", route.reason)
+        opening = next_window_opening(self.clock(), settings.policy, settings.district.timezone)
+        if opening is not None:
+            return Wait(opening, "quiet_hours")
+        rendered = render_follow_up(
+            settings.templates, settings.district.name, contact.language, school
+        )
+        message = FamilyMessage(route.address, rendered.language, rendered.body, None,
+                                item.contact_id)  # fmt: skip
+        record = {
+            "channel": channel.name, "medium": "sms", "to": route.address,
+            "language": rendered.language, "body_digest": body_digest(rendered.body),
+            "notice_id": item.payload.get("notice_id"),
+        }  # fmt: skip
+        rate: tuple[str, float] | None = getattr(channel, "rate_limit", None)
+
+        def call() -> DeliveryResult:
+            if rate is not None:
+                wait_for_slot(self.engine, *rate)
+            return channel.send(item.idempotency_key, message)
+
+        return Send(channel.name, channel.idempotency != "provider_key", call, record)
+
+    def _queue_follow_up(
+        self, conn: Connection, item: OutboxItem, record: dict[str, Any], now: datetime
+    ) -> None:
+        """After a notice by text: the follow-up, due `follow_up_days` later (same transaction)."""
+        days = self.settings.policy.follow_up_days
+        if not days or record.get("medium") != "sms" or item.contact_id is None:
+            return
+        from service.outbox import enqueue  # the outbox imports this module
+
+        intent = follow_up(
+            item.case_id, str(item.student_id), item.contact_id, item.id,
+            str(record.get("channel")), list(item.payload.get("categories") or []),
+        )  # fmt: skip
+        enqueue(conn, [intent])
+        conn.execute(
+            update(OutboxItem)
+            .where(OutboxItem.idempotency_key == intent["idempotency_key"],
+                   OutboxItem.status == "pending")
+            .values(next_attempt_at=now + timedelta(days=days))
+        )  # fmt: skip
+
     # -- after a crash ------------------------------------------------------------------------
 
     def reconcile(self, item: OutboxItem) -> Reconciled:
@@ -263,6 +337,8 @@ class Deliverer:
         now = self.clock()
         if item.kind == TASK_UPSERT and result.external_id:
             self._save_link(conn, item, record, result, now)
+        if item.kind == FAMILY_NOTICE:
+            self._queue_follow_up(conn, item, record, now)
         if not item.student_id:
             return
         if item.kind == TASK_UPSERT:

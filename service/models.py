@@ -539,3 +539,20 @@ class ResourceQuarantine(Base):
     reason: Mapped[str] = mapped_column(Text)
     payload: Mapped[dict[str, Any]] = mapped_column(Json)
     at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class CaseReply(Base):
+    """A family's answer to a follow-up ("did the resources help?"), kept on the case.
+
+    answer: got_help | no_help | need_other | unrecognised (the text is kept for a person).
+    """
+
+    __tablename__ = "case_replies"
+    id: Mapped[int] = mapped_column(SerialId, primary_key=True, autoincrement=True)
+    case_id: Mapped[int | None] = mapped_column(ForeignKey("cases.id"), index=True)
+    contact_id: Mapped[str] = mapped_column(Key)
+    outbox_id: Mapped[int | None] = mapped_column(ForeignKey("outbox.id"))  # the follow-up
+    answer: Mapped[str] = mapped_column(String(16))
+    text: Mapped[str] = mapped_column(Text)
+    message_sid: Mapped[str] = mapped_column(String(64))
+    at: Mapped[datetime] = mapped_column(DateTime(timezone=True))

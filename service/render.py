@@ -105,7 +105,7 @@ def check_templates(settings: Settings) -> list[ConfigProblem]:
     if templates is None:
         return []
     problems: list[ConfigProblem] = []
-    for key in ("family_notice", "family_notice_subject"):
+    for key in ("family_notice", "family_notice_subject", "follow_up"):
         texts: dict[str, str] = getattr(templates, key)
         for language, source in texts.items():
             where = f"templates.{key}.{language}"
@@ -205,3 +205,18 @@ def template_warnings(settings: Settings) -> list[ConfigProblem]:
                 f"policy.sms_max_segments ({limit})",
             ))  # fmt: skip
     return warnings
+
+
+def render_follow_up(
+    templates: TemplateConfig, district: str, language: str, school_name: str
+) -> RenderedMessage:
+    """The follow-up question in the family's language (English when none was written)."""
+    lang, source = _pick(templates.follow_up, language)
+    context = {
+        "district": district, "school": school_name, "student_first_name": "",
+        "resources": [], "resources_text": "", "medium": "sms", "language": lang,
+    }  # fmt: skip
+    try:
+        return RenderedMessage(lang, _compile(source).render(context).strip(), None)
+    except TemplateError as exc:
+        raise PermanentError(f"template follow_up.{lang}: {exc}") from exc

@@ -32,6 +32,7 @@ from service.consent import (
     record_opt_out,
     unsubscribe_serializer,
 )
+from service.followup import record_reply
 from service.intents import FAMILY_NOTICE
 from service.models import Contact, InboundMessage, MessageStatus, OutboxItem
 
@@ -178,6 +179,14 @@ def twilio_inbound(name: str) -> Any:
             record_opt_in(conn, contacts, "sms_reply", evidence, now)
         elif action == "help":
             reply = _pick(cfg.help_reply, language).format(**fill)
+        else:  # perhaps an answer to a follow-up (1, 2, 3): kept on the case
+            answer = record_reply(conn, contacts, body, sid, now)
+            if answer is not None:
+                conn.execute(
+                    update(InboundMessage)
+                    .where(InboundMessage.provider_id == sid)
+                    .values(action="reply")
+                )
     log.info("webhook.inbound", channel=name, action=action, contacts=len(contacts))
     return _twiml(reply)
 

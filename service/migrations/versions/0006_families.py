@@ -101,9 +101,30 @@ def upgrade() -> None:
     )
     with op.batch_alter_table("resource_quarantine", schema=None) as batch_op:
         batch_op.create_index(batch_op.f("ix_resource_quarantine_directory"), ["directory"])
+    op.create_table(
+        "case_replies",
+        sa.Column("id", SerialId, autoincrement=True, nullable=False),
+        sa.Column("case_id", SerialId, nullable=True),
+        sa.Column("contact_id", sa.String(length=128), nullable=False),
+        sa.Column("outbox_id", SerialId, nullable=True),
+        sa.Column("answer", sa.String(length=16), nullable=False),
+        sa.Column("text", sa.Text(), nullable=False),
+        sa.Column("message_sid", sa.String(length=64), nullable=False),
+        sa.Column("at", sa.DateTime(timezone=True), nullable=False),
+        sa.ForeignKeyConstraint(
+            ["case_id"], ["cases.id"], name=op.f("fk_case_replies_case_id_cases")
+        ),
+        sa.ForeignKeyConstraint(
+            ["outbox_id"], ["outbox.id"], name=op.f("fk_case_replies_outbox_id_outbox")
+        ),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_case_replies")),
+    )
+    with op.batch_alter_table("case_replies", schema=None) as batch_op:
+        batch_op.create_index(batch_op.f("ix_case_replies_case_id"), ["case_id"])
 
 
 def downgrade() -> None:
+    op.drop_table("case_replies")
     op.drop_table("resource_quarantine")
     op.drop_table("community_resources")
     op.drop_table("send_rates")
