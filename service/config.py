@@ -215,6 +215,13 @@ class ResourceDirectoryConfig(Strict):
     school_locations: dict[str, tuple[float, float]] = {}
 
 
+class ResourcePageConfig(Strict):
+    """A text that cannot name every resource links to a page with all of them."""
+
+    public_url: str  # where families reach casebridge: links are {public_url}/r/{token}
+    expires_days: int = Field(30, ge=1, le=365)
+
+
 class ScheduleConfig(Strict):
     sync_cron: str = "0 2 * * *"
     dispatch_interval_seconds: int = Field(60, ge=1)
@@ -233,6 +240,7 @@ class Settings(Strict):
     caseloads: list[CaseloadConfig] = []
     resources: list[ResourceConfig] = []
     resource_directory: ResourceDirectoryConfig | None = None
+    resource_page: ResourcePageConfig | None = None
     destinations: list[DestinationSettings] = []
     channels: list[ChannelSettings] = []
     # Optional until channels are set up: a sync-only configuration is valid.

@@ -10,6 +10,7 @@ transaction as the delivered mark.
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -32,7 +33,7 @@ from service.config import Settings
 from service.consent import mark_sms_unusable, record_opt_out
 from service.errors import AddressRejected, PermanentError
 from service.intents import FAMILY_NOTICE, FOLLOW_UP, TASK_UPSERT, case_subject, follow_up
-from service.models import Case, DeliveryLink, Disclosure, OutboxItem
+from service.models import Case, DeliveryLink, Disclosure, OutboxItem, ResourceLink
 from service.outreach import contact_state, recent_family_sends, resources_for
 from service.policy import (
     ChannelChoice,
@@ -210,10 +211,21 @@ class Deliverer:
         if isinstance(decision, Defer):
             return Wait(decision.until, decision.reason)
         channel = self.channels[decision.channel]
+        page = settings.resource_page
+        token = secrets.token_urlsafe(8) if page is not None else None
+        more = f"{page.public_url.rstrip('/')}/r/{token}" if page is not None else None
         rendered, used = fit_family_notice(
             settings.templates, settings.district.name, contact.language, decision.medium,
             decision.resources, facts.get("first_name") or "", school, policy.sms_max_segments,
+            more,
         )  # fmt: skip
+        if page is not None and token and more and more in rendered.body:
+            with self.engine.begin() as conn:  # before the send: the link must work on arrival
+                conn.execute(insert(ResourceLink).values(
+                    token=token, resource_ids=[r.id for r in decision.resources],
+                    language=rendered.language, created_at=now,
+                    expires_at=now + timedelta(days=page.expires_days),
+                ))  # fmt: skip
         message = FamilyMessage(
             decision.address, rendered.language, rendered.body, rendered.subject, item.contact_id
         )

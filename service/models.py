@@ -556,3 +556,18 @@ class CaseReply(Base):
     text: Mapped[str] = mapped_column(Text)
     message_sid: Mapped[str] = mapped_column(String(64))
     at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class ResourceLink(Base):
+    """A short, opaque, expiring link to a page listing resources in one language.
+
+    A text names what fits in its segments and links the rest. The page holds resources only:
+    no student, no family, no reason.
+    """
+
+    __tablename__ = "resource_links"
+    token: Mapped[str] = mapped_column(String(32), primary_key=True)
+    resource_ids: Mapped[list[Any]] = mapped_column(Json)
+    language: Mapped[str] = mapped_column(String(16))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))

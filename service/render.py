@@ -131,6 +131,10 @@ def check_templates(settings: Settings) -> list[ConfigProblem]:
     return problems
 
 
+# Kept within GSM-7: an accent here would turn the whole text into UCS-2.
+MORE_LABEL = {"en": "More resources", "es": "Otros recursos"}
+
+
 def fit_family_notice(
     templates: TemplateConfig,
     district: str,
@@ -140,27 +144,35 @@ def fit_family_notice(
     student_first_name: str,
     school_name: str,
     max_segments: int,
+    more_link: str | None = None,
 ) -> tuple[RenderedMessage, list[ResourceConfig]]:
     """Render with as many resources as fit in `max_segments` SMS segments (at least one).
 
     For each count, first with the resources' descriptions, then with name and phone only (an
-    accented description alone turns a text into UCS-2). Email is not cut. The resources left
-    out are not counted as sent, so a later message can still offer them.
+    accented description alone turns a text into UCS-2). With `more_link`, a text that leaves
+    anything out ends with a link to the page that has it all. Email is not cut. The resources
+    left out are not counted as sent, so a later message can still offer them.
     """
     from service.sms_text import sms_size
 
-    def render(chosen: list[ResourceConfig]) -> RenderedMessage:
-        return render_family_notice(
+    def render(chosen: list[ResourceConfig], partial: bool = False) -> RenderedMessage:
+        rendered = render_family_notice(
             templates, district, language, medium, chosen, student_first_name, school_name
         )
+        if more_link and (partial or len(chosen) < len(resources)):  # the rest, one tap away
+            label = MORE_LABEL.get(rendered.language, MORE_LABEL["en"])
+            body = f"{rendered.body}\n{label}: {more_link}"
+            return RenderedMessage(rendered.language, body, rendered.subject)
+        return rendered
 
     if medium != "sms" or not resources:
         return render(resources), resources
     fallback: tuple[RenderedMessage, list[ResourceConfig]] | None = None
     for count in range(len(resources), 0, -1):
         chosen = resources[:count]
-        for variant in (chosen, [r.model_copy(update={"description": {}}) for r in chosen]):
-            rendered = render(variant)
+        bare = [r.model_copy(update={"description": {}}) for r in chosen]
+        for variant, partial in ((chosen, False), (bare, any(r.description for r in chosen))):
+            rendered = render(variant, partial)
             if sms_size(rendered.body).segments <= max_segments:
                 return rendered, chosen
             if count == 1:

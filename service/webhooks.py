@@ -248,3 +248,63 @@ def unsubscribe(name: str, token: str) -> Any:
     done = "You will get no more emails from us. / No recibirá más correos."
     page = _PAGE.format(lang="en", title=f"{district}: unsubscribed", form="", text=done)
     return Response(page, mimetype="text/html")
+
+
+# -- the resource page a text links to ---------------------------------------------------------
+
+_PAGE_TEXT = {
+    "en": ("Free resources near you", "This link has expired. Please contact your school."),
+    "es": ("Recursos gratuitos cerca de usted",
+           "Este enlace ya no es válido. Comuníquese con su escuela."),
+}  # fmt: skip
+
+
+@blueprint.get("/r/<token>")
+def resource_page(token: str) -> Any:
+    """Resources only: the page names no student, no family and no reason."""
+    from service.clock import utcnow as now_utc
+    from service.models import CommunityResource, ResourceLink
+    from service.task_view import aware
+
+    settings = _settings()
+    with _engine().connect() as conn:
+        link = conn.execute(select(ResourceLink.__table__).where(ResourceLink.token == token))
+        row = link.mappings().first()
+        if row is None:
+            abort(404)
+        language = row["language"] if row["language"] in _PAGE_TEXT else "en"
+        title, expired = _PAGE_TEXT[language]
+        district = escape(settings.district.name)
+        if aware(row["expires_at"]) < now_utc():
+            page = _PAGE.format(lang=language, title=district, form="", text=escape(expired))
+            return Response(page, status=410, mimetype="text/html")
+        ids = list(row["resource_ids"])
+        imported = {
+            r.resource_id: r
+            for r in conn.execute(
+                select(CommunityResource).where(CommunityResource.resource_id.in_(ids))
+            ).scalars()
+        }  # fmt: skip
+    listed = {r.id: r for r in settings.resources}
+    entries = []
+    for rid in ids:
+        if rid in listed:
+            r = listed[rid]
+            desc = r.description.get(language) or r.description.get("en") or ""
+            name, phone, url = r.name, r.phone, r.url
+        elif rid in imported:
+            c = imported[rid]
+            name, desc, phone, url = c.name, "", c.phone or "", c.url or ""
+        else:
+            continue
+        parts = [f"<strong>{escape(name)}</strong>"]
+        if desc:
+            parts.append(escape(desc))
+        if phone:
+            parts.append(f'<a href="tel:{escape(phone, True)}">{escape(phone)}</a>')
+        if url:
+            parts.append(f'<a href="{escape(url, True)}">{escape(url)}</a>')
+        entries.append("<li>" + "<br>".join(parts) + "</li>")
+    body = f"<ul style='padding-left:1.2em;line-height:1.5'>{''.join(entries)}</ul>"
+    page = _PAGE.format(lang=language, title=f"{district}: {escape(title)}", form=body, text="")
+    return Response(page, mimetype="text/html")

@@ -446,3 +446,31 @@ def test_a_twilio_channel_needs_exactly_one_sender(tmp_path: Path) -> None:
     result = CliRunner().invoke(main, ["--config", str(config), "check-config"])
     assert result.exit_code == 2
     assert "exactly one of messaging_service_sid and from_number" in result.output
+
+
+def test_a_text_that_cannot_name_every_resource_links_a_page_with_all_of_them(
+    engine: Engine, make_settings: Callable[..., Settings], tmp_path: Path, twilio: TwilioServer
+) -> None:
+    settings, _, _ = ready(
+        engine, make_settings, tmp_path / "data", [twilio_channel(twilio)],
+        policy={"sending_window": None, "sms_max_segments": 2},
+        resource_page={"public_url": "https://cb.example.org", "expires_days": 30},
+    )  # fmt: skip
+    run_dispatch(engine, settings)
+
+    rosa = twilio.sent_to(ROSA)[0].body  # Spanish: one resource fits in two segments
+    found = re.search(r"Otros recursos: https://cb\.example\.org(/r/[\w-]+)$", rosa)
+    assert found, rosa
+    client = create_app(settings, engine).test_client()
+    page = client.get(found.group(1))
+    assert page.status_code == 200
+    html = page.get_data(as_text=True)
+    assert "Recursos gratuitos cerca de usted" in html
+    assert "Ride to School program" in html and "Northside Food Pantry" in html
+    assert "alimentos gratis martes y sábado" in html  # her language, accents and all
+    assert "Ana" not in html and "Lopez" not in html  # no student, no family
+
+    with engine.begin() as conn:  # a month later
+        conn.execute(text("UPDATE resource_links SET expires_at = created_at"))
+    assert client.get(found.group(1)).status_code == 410
+    assert client.get("/r/not-a-token").status_code == 404

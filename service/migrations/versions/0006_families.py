@@ -121,9 +121,19 @@ def upgrade() -> None:
     )
     with op.batch_alter_table("case_replies", schema=None) as batch_op:
         batch_op.create_index(batch_op.f("ix_case_replies_case_id"), ["case_id"])
+    op.create_table(
+        "resource_links",
+        sa.Column("token", sa.String(length=32), nullable=False),
+        sa.Column("resource_ids", Json, nullable=False),
+        sa.Column("language", sa.String(length=16), nullable=False),
+        sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("expires_at", sa.DateTime(timezone=True), nullable=False),
+        sa.PrimaryKeyConstraint("token", name=op.f("pk_resource_links")),
+    )
 
 
 def downgrade() -> None:
+    op.drop_table("resource_links")
     op.drop_table("case_replies")
     op.drop_table("resource_quarantine")
     op.drop_table("community_resources")
