@@ -246,3 +246,27 @@ def test_a_notice_offers_the_best_eligible_nearby_services_in_the_family_languag
     [sms] = lines(settings.resolve(settings.output_dir) / "family-sms.jsonl")
     assert "Consejería Familiar" in sms["message"]["body"]
     assert "Adult Counseling" not in sms["message"]["body"]
+
+
+def test_the_nightly_job_refreshes_the_directory_from_its_url_and_survives_a_failure(
+    engine: Engine, make_settings: Callable[..., Settings], tmp_path: Path
+) -> None:
+    from jobs.tasks import resources_job
+    from tests.fixtures.http_server import Fault, Response, VendorHandler, VendorServer
+
+    class Directory(VendorHandler):
+        def route(self, method: str, path: str, query: Any, body: bytes) -> Response:
+            return Response(200, [_service("a", "Alpha Counseling")])
+
+    server = VendorServer(Directory)
+    url = server.start() + "/hsds/services.json"
+    try:
+        settings = make_settings(tmp_path, resource_directory=directory(url=url))
+        resources_job(engine, settings)
+        server.faults.append(Fault("/hsds", status=503))
+        resources_job(engine, settings)  # logged; the snapshot stays
+    finally:
+        server.stop()
+    with engine.connect() as conn:
+        rows = conn.execute(select(CommunityResource.name, CommunityResource.active)).all()
+    assert [tuple(r) for r in rows] == [("Alpha Counseling", True)]
