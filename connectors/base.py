@@ -162,6 +162,8 @@ class FamilyMessage:
     language: str
     body: str
     subject: str | None = None  # email
+    # Our opaque id of the recipient (a contact id): for a signed unsubscribe link, never shown.
+    recipient_id: str | None = None
 
 
 class Destination(Protocol):

@@ -34,6 +34,8 @@ BUILTIN_MODULES = (
     "connectors.sources.edfi",
     "connectors.destinations.file",
     "connectors.channels.file",
+    "connectors.channels.twilio_sms",
+    "connectors.channels.smtp_email",
 )
 
 

@@ -21,9 +21,27 @@ def evaluate_job(engine: Engine, settings: Settings) -> None:
     log.info("job.evaluate", opened=report.cases_opened, updated=report.cases_updated)
 
 
+def resources_job(engine: Engine, settings: Settings) -> None:
+    """Refresh the community-resource directory from its URL, when one is configured. A failed
+    refresh keeps the last imported snapshot: families still get yesterday's resources."""
+    directory = settings.resource_directory
+    if directory is None or not directory.url:
+        return
+    from service.resources import import_directory
+
+    try:
+        report = import_directory(engine, settings)
+    except Exception as exc:  # any failure to fetch or read: logged, never fatal to the night
+        log.error("job.resources_failed", error=type(exc).__name__)
+        return
+    log.info("job.resources", inserted=report.inserted, updated=report.updated,
+             retired=report.retired, quarantined=len(report.quarantined))  # fmt: skip
+
+
 def nightly_job(engine: Engine, settings: Settings) -> None:
     """Sync then evaluate: evaluating on half-synced data would open spurious cases."""
     sync_job(engine, settings)
+    resources_job(engine, settings)
     evaluate_job(engine, settings)
 
 

@@ -17,6 +17,9 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
     app = Flask("casebridge")
     app.config["CASEBRIDGE_SETTINGS"] = settings
     app.config["CASEBRIDGE_ENGINE"] = engine
+    from service.webhooks import blueprint as families  # Twilio webhooks, email unsubscribe
+
+    app.register_blueprint(families)
 
     @app.get("/healthz")
     def healthz() -> Any:

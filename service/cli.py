@@ -107,6 +107,10 @@ def check_config(ctx: click.Context, data: bool) -> None:
         f"{len(settings.rules)} rules, {len(settings.caseloads)} caseloads, "
         f"{len(settings.destinations)} destinations, {len(settings.channels)} channels"
     )
+    from service.render import template_warnings
+
+    for template_warning in template_warnings(settings):
+        console.print(f"[yellow]warning[/] {escape(str(template_warning))}", soft_wrap=True)
     if data:
         from service.data_check import check_data
 
@@ -268,6 +272,34 @@ def demo(ctx: click.Context) -> None:
     The embedded demo creates or migrates its SQLite schema itself; other commands never do.
     """
     ctx.invoke(run, upgrade=True)
+    _family_messages(_settings(ctx))
+
+
+def _family_messages(settings: Settings, limit: int = 12) -> None:
+    """Each family message sent: language, channel, and the resources with why each was picked
+    (ids only, no names of students or families)."""
+    from sqlalchemy import select
+
+    from service.intents import FAMILY_NOTICE
+    from service.models import OutboxItem
+
+    with _engine(settings).connect() as conn:
+        rows = conn.execute(
+            select(OutboxItem.id, OutboxItem.contact_id, OutboxItem.result)
+            .where(OutboxItem.kind == FAMILY_NOTICE, OutboxItem.status == "delivered")
+            .order_by(OutboxItem.id)
+        ).all()  # fmt: skip
+    table = Table(title=f"Family messages ({len(rows)} sent; first {min(limit, len(rows))})")
+    for col in ("item", "contact", "channel", "language", "segments", "resources and why"):
+        table.add_column(col)
+    for item_id, contact, result in rows[:limit]:
+        result = result or {}
+        why = result.get("why") or {}
+        picks = "\n".join(f"{rid}: {why.get(rid, '-')}" for rid in result.get("resource_ids", []))
+        cells = (item_id, contact, result.get("channel"), result.get("language"),
+                 result.get("segments", "-"), picks)  # fmt: skip
+        table.add_row(*(str(c) for c in cells))
+    console.print(table)
 
 
 @main.command()
@@ -657,3 +689,39 @@ def print_dispatch(r: DispatchReport, counts: Counter[str]) -> None:
 
 if __name__ == "__main__":  # pragma: no cover
     main()
+
+
+@main.group("resources")
+def resources_group() -> None:
+    """Community resources (an Open Referral HSDS 3.0 directory)."""
+
+
+@resources_group.command("import")
+@click.argument("source", required=False)
+@click.pass_context
+def resources_import(ctx: click.Context, source: str | None) -> None:
+    """Import SOURCE (a JSON file, a CSV package folder or .zip, or a URL); default: the
+    configured `resource_directory.url`. Updates in place, retires vanished services, and
+    quarantines records that break the rules, with the reason."""
+    from service.resources import import_directory
+
+    settings = _settings(ctx.find_root())
+    engine = _engine(settings)
+    try:
+        report = import_directory(engine, settings, source)
+    except (OSError, ValueError) as exc:  # unreadable file, bad JSON, HTTP error
+        console.print(f"[bold red]cannot read {escape(str(source))}: {escape(str(exc))}[/]")
+        sys.exit(1)
+    table = Table(title="Resource directory import")
+    table.add_column("measure")
+    table.add_column("count", justify="right")
+    for label, value in (
+        ("services read", report.read), ("inserted", report.inserted),
+        ("updated in place", report.updated), ("unchanged", report.unchanged),
+        ("retired (vanished)", report.retired), ("quarantined", len(report.quarantined)),
+        ("without a mapped category", report.uncategorised),
+    ):  # fmt: skip
+        table.add_row(label, str(value))
+    console.print(table)
+    for record_id, reason in report.quarantined:
+        console.print(f"[yellow]quarantined[/] {escape(str(record_id))}: {escape(reason)}")

@@ -142,6 +142,13 @@ class TemplateConfig(Strict):
 
     family_notice: dict[str, str]
     family_notice_subject: dict[str, str] = {"en": "Resources from your school"}
+    # The closed-loop follow-up (policy.follow_up_days), by text; replies 1, 2 or 3.
+    follow_up: dict[str, str] = {
+        "en": "{{ school }}: did the resources we sent help your family? Reply 1 for yes, "
+        "2 for no, 3 if you need something else.",
+        "es": "{{ school }}: ¿le ayudaron los recursos que le enviamos? Responda 1 si, "
+        "2 no, 3 si necesita otra cosa.",
+    }
 
     @field_validator("family_notice")
     @classmethod
@@ -189,6 +196,32 @@ class PolicyConfig(Strict):
     # A resource already sent to this contact within this many days is not sent again.
     resource_repeat_days: int = Field(90, ge=0)
     resources_per_message: int = Field(3, ge=1, le=10)
+    # A text stays within this many SMS segments: fewer resources are named when it would not.
+    sms_max_segments: int = Field(2, ge=1, le=10)
+    # Ask "did the resources help?" this many days after a text (null: never).
+    follow_up_days: int | None = Field(None, ge=1, le=90)
+
+
+class ResourceDirectoryConfig(Strict):
+    """Community resources imported from an Open Referral HSDS 3.0 directory
+    (`casebridge resources import`), matched per notice next to the YAML `resources`."""
+
+    name: str = "hsds"
+    url: str | None = None  # imported when `casebridge resources import` gets no path
+    # An HSDS taxonomy term's code or name (case-insensitive) -> our category (rules' resources).
+    categories: dict[str, str] = {}
+    per_category: int = Field(2, ge=1, le=10)  # the top N per category
+    max_distance_km: float | None = Field(None, gt=0)
+    stale_after_days: int = Field(365, ge=1)  # `assured_date` older than this ranks lower
+    # School id or number -> (latitude, longitude): distances are measured from the school.
+    school_locations: dict[str, tuple[float, float]] = {}
+
+
+class ResourcePageConfig(Strict):
+    """A text that cannot name every resource links to a page with all of them."""
+
+    public_url: str  # where families reach casebridge: links are {public_url}/r/{token}
+    expires_days: int = Field(30, ge=1, le=365)
 
 
 def cron_trigger(expression: str, timezone: str) -> Any:
@@ -238,6 +271,8 @@ class Settings(Strict):
     cases: CaseConfig = CaseConfig()
     caseloads: list[CaseloadConfig] = []
     resources: list[ResourceConfig] = []
+    resource_directory: ResourceDirectoryConfig | None = None
+    resource_page: ResourcePageConfig | None = None
     destinations: list[DestinationSettings] = []
     channels: list[ChannelSettings] = []
     # Optional until channels are set up: a sync-only configuration is valid.
@@ -288,6 +323,9 @@ def _cross_problems(raw: dict[str, Any], file: str) -> list[ConfigProblem]:
             )
         )
     categories = {r.get("category") for r in items("resources")}
+    directory = raw.get("resource_directory")
+    if isinstance(directory, dict) and isinstance(directory.get("categories"), dict):
+        categories |= set(directory["categories"].values())  # imported resources' categories
     for index, rule in enumerate(items("rules")):
         wanted = rule.get("resources")
         if not isinstance(wanted, list):

@@ -10,10 +10,12 @@ transaction as the delivered mark.
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
+from zoneinfo import ZoneInfo
 
 from sqlalchemy import Connection, Engine, and_, insert, select, update
 
@@ -28,12 +30,23 @@ from connectors.base import (
 from connectors.registry import lookup
 from service.clock import utcnow
 from service.config import Settings
-from service.errors import PermanentError
-from service.intents import FAMILY_NOTICE, TASK_UPSERT, case_subject
-from service.models import Case, DeliveryLink, Disclosure, OutboxItem
+from service.consent import mark_sms_unusable, record_opt_out
+from service.errors import AddressRejected, PermanentError
+from service.intents import FAMILY_NOTICE, FOLLOW_UP, TASK_UPSERT, case_subject, follow_up
+from service.models import Case, DeliveryLink, Disclosure, OutboxItem, ResourceLink
 from service.outreach import contact_state, recent_family_sends, resources_for
-from service.policy import ChannelChoice, Defer, Suppress, decide
-from service.render import render_family_notice
+from service.policy import (
+    ChannelChoice,
+    Defer,
+    Suppress,
+    choose_channel,
+    decide,
+    next_window_opening,
+)
+from service.ratelimit import wait_for_slot
+from service.render import fit_family_notice, render_follow_up
+from service.resources import match_resources
+from service.sms_text import body_digest, sms_size
 from service.task_view import aware, build_task, disclosed_categories, school_name, student_facts
 
 STAFF_BASIS = "school official with legitimate educational interest, 34 CFR 99.31(a)(1)"
@@ -97,6 +110,8 @@ class Deliverer:
             return self._plan_task(item)
         if item.kind == FAMILY_NOTICE:
             return self._plan_notice(item)
+        if item.kind == FOLLOW_UP:
+            return self._plan_follow_up(item)
         raise PermanentError(f"unknown outbox kind {item.kind!r}")
 
     def _destination(self, name: str) -> Destination:
@@ -161,9 +176,21 @@ class Deliverer:
             sends = recent_family_sends(conn, item.contact_id, since)
             facts = student_facts(conn, [item.student_id]).get(item.student_id, {})
             school = school_name(conn, facts.get("school_id")) or "your school"
-        candidates = resources_for(
-            settings, item.payload.get("categories") or [], item.payload.get("resource_ids") or []
-        )
+            why: dict[str, str] = {}
+            if settings.resource_directory is not None:  # imported directory + YAML, ranked
+                matches = match_resources(
+                    conn, settings, item.payload.get("categories") or [], contact.language,
+                    facts.get("grade_level"), facts.get("school_id"),
+                    now.astimezone(ZoneInfo(settings.district.timezone)).date(),
+                )  # fmt: skip
+                candidates = [m.resource for m in matches]
+                why = {m.resource.id: m.why for m in matches}
+        if settings.resource_directory is None:
+            candidates = resources_for(
+                settings, item.payload.get("categories") or [],
+                item.payload.get("resource_ids") or [],
+            )  # fmt: skip
+            why = {r.id: f"{r.category}: on the district's own list" for r in candidates}
         decision = decide(
             now=now,
             timezone=settings.district.timezone,
@@ -184,26 +211,110 @@ class Deliverer:
         if isinstance(decision, Defer):
             return Wait(decision.until, decision.reason)
         channel = self.channels[decision.channel]
-        rendered = render_family_notice(
+        page = settings.resource_page
+        token = secrets.token_urlsafe(8) if page is not None else None
+        more = f"{page.public_url.rstrip('/')}/r/{token}" if page is not None else None
+        rendered, used = fit_family_notice(
             settings.templates, settings.district.name, contact.language, decision.medium,
-            decision.resources, facts.get("first_name") or "", school,
+            decision.resources, facts.get("first_name") or "", school, policy.sms_max_segments,
+            more,
         )  # fmt: skip
+        if page is not None and token and more and more in rendered.body:
+            with self.engine.begin() as conn:  # before the send: the link must work on arrival
+                conn.execute(insert(ResourceLink).values(
+                    token=token, resource_ids=[r.id for r in decision.resources],
+                    language=rendered.language, created_at=now,
+                    expires_at=now + timedelta(days=page.expires_days),
+                ))  # fmt: skip
         message = FamilyMessage(
-            decision.address, rendered.language, rendered.body, rendered.subject
+            decision.address, rendered.language, rendered.body, rendered.subject, item.contact_id
         )
-        record = {
+        record: dict[str, Any] = {
             "channel": channel.name,
             "medium": decision.medium,
             "to": decision.address,
             "language": rendered.language,
-            "resource_ids": [r.id for r in decision.resources],
+            "resource_ids": [r.id for r in used],
+            **({"why": {r.id: why[r.id] for r in used if r.id in why}} if why else {}),
+            # Lets reconcile recognise our text in the provider's message list.
+            "body_digest": body_digest(rendered.body),
         }
-        return Send(
-            channel.name,
-            channel.idempotency != "provider_key",
-            lambda: channel.send(item.idempotency_key, message),
-            record,
+        if decision.medium == "sms":
+            size = sms_size(rendered.body)
+            record |= {"segments": size.segments, "encoding": size.encoding}
+        rate: tuple[str, float] | None = getattr(channel, "rate_limit", None)
+
+        def call() -> DeliveryResult:
+            if rate is not None:  # the sender's rate, shared by every worker
+                wait_for_slot(self.engine, *rate)
+            return channel.send(item.idempotency_key, message)
+
+        return Send(channel.name, channel.idempotency != "provider_key", call, record)
+
+    def _plan_follow_up(self, item: OutboxItem) -> Plan:
+        """The closed-loop question, by text on the notice's channel, under the same consent."""
+        settings = self.settings
+        if settings.templates is None:
+            raise PermanentError("no templates are configured")
+        assert item.student_id is not None and item.contact_id is not None
+        with self.engine.connect() as conn:
+            case_status = conn.execute(select(Case.status).where(Case.id == item.case_id)).scalar()
+            contact = contact_state(conn, item.student_id, item.contact_id)
+            facts = student_facts(conn, [item.student_id]).get(item.student_id, {})
+            school = school_name(conn, facts.get("school_id")) or "your school"
+        channel = self.channels.get(str(item.payload.get("channel")))
+        if channel is None or channel.medium != "sms":
+            return Skip("suppressed", "no_sms_channel")
+        if case_status != "open":
+            return Skip("suppressed", "case_closed")
+        route = choose_channel(contact, [ChannelChoice(channel.name, "sms")])
+        reachable = contact.found and contact.active and contact.linked and contact.guardian
+        if not reachable or contact.do_not_contact or contact.no_contact:
+            return Skip("suppressed", "contact_unavailable")
+        if isinstance(route, Suppress):
+            return Skip("suppressed", route.reason)
+        opening = next_window_opening(self.clock(), settings.policy, settings.district.timezone)
+        if opening is not None:
+            return Wait(opening, "quiet_hours")
+        rendered = render_follow_up(
+            settings.templates, settings.district.name, contact.language, school
         )
+        message = FamilyMessage(route.address, rendered.language, rendered.body, None,
+                                item.contact_id)  # fmt: skip
+        record = {
+            "channel": channel.name, "medium": "sms", "to": route.address,
+            "language": rendered.language, "body_digest": body_digest(rendered.body),
+            "notice_id": item.payload.get("notice_id"),
+        }  # fmt: skip
+        rate: tuple[str, float] | None = getattr(channel, "rate_limit", None)
+
+        def call() -> DeliveryResult:
+            if rate is not None:
+                wait_for_slot(self.engine, *rate)
+            return channel.send(item.idempotency_key, message)
+
+        return Send(channel.name, channel.idempotency != "provider_key", call, record)
+
+    def _queue_follow_up(
+        self, conn: Connection, item: OutboxItem, record: dict[str, Any], now: datetime
+    ) -> None:
+        """After a notice by text: the follow-up, due `follow_up_days` later (same transaction)."""
+        days = self.settings.policy.follow_up_days
+        if not days or record.get("medium") != "sms" or item.contact_id is None:
+            return
+        from service.outbox import enqueue  # the outbox imports this module
+
+        intent = follow_up(
+            item.case_id, str(item.student_id), item.contact_id, item.id,
+            str(record.get("channel")), list(item.payload.get("categories") or []),
+        )  # fmt: skip
+        enqueue(conn, [intent])
+        conn.execute(
+            update(OutboxItem)
+            .where(OutboxItem.idempotency_key == intent["idempotency_key"],
+                   OutboxItem.status == "pending")
+            .values(next_attempt_at=now + timedelta(days=days))
+        )  # fmt: skip
 
     # -- after a crash ------------------------------------------------------------------------
 
@@ -227,6 +338,11 @@ class Deliverer:
             return Reconciled("unknown", detail=f"channel {item.target!r} is not configured")
         if channel.idempotency == "provider_key":
             return Reconciled("not_sent", detail="the provider deduplicates by key")
+        digest = record.get("body_digest")
+        if digest and getattr(channel, "reconciles_by_body", False):
+            return channel.reconcile(  # type: ignore[call-arg]
+                item.idempotency_key, str(record.get("to")), since, body_digest=digest
+            )
         return channel.reconcile(item.idempotency_key, str(record.get("to")), since)
 
     # -- what follows a delivery, in the delivered mark's transaction ---------------------------
@@ -237,6 +353,8 @@ class Deliverer:
         now = self.clock()
         if item.kind == TASK_UPSERT and result.external_id:
             self._save_link(conn, item, record, result, now)
+        if item.kind == FAMILY_NOTICE:
+            self._queue_follow_up(conn, item, record, now)
         if not item.student_id:
             return
         if item.kind == TASK_UPSERT:
@@ -258,6 +376,20 @@ class Deliverer:
                 student_id=item.student_id, outbox_id=item.id, disclosed_at=now, **disclosure
             )
         )
+
+    def rejected(self, conn: Connection, item: OutboxItem, exc: AddressRejected) -> None:
+        """Record a provider's final refusal of an address on the contact (the mark's
+        transaction): a carrier opt-out is an SMS opt-out, an invalid number is unusable."""
+        if item.contact_id is None or exc.medium != "sms":
+            return
+        evidence = {"provider_code": exc.code, "outbox_id": item.id, "to": exc.address,
+                    "at": self.clock().isoformat()}  # fmt: skip
+        if exc.opted_out:
+            record_opt_out(
+                conn, [item.contact_id], "sms", "carrier_opt_out", evidence, self.clock()
+            )
+        else:
+            mark_sms_unusable(conn, item.contact_id, exc.address, evidence, self.clock())
 
     @staticmethod
     def _link(conn: Connection, target: str, subject: str) -> tuple[Link, int] | None:

@@ -66,3 +66,20 @@ class ConfigError(CasebridgeError):
     def __init__(self, problems: list[ConfigProblem]) -> None:
         self.problems = problems
         super().__init__("\n".join(str(p) for p in problems))
+
+
+class AddressRejected(PermanentError):
+    """The provider refused this address for good: an invalid number (Twilio 21211, 21614) or a
+    recipient who opted out at the carrier (21610). Never retried to the same address: the
+    outbox records it on the contact, and a rejected (not opted-out) address lets the next plan
+    choose another channel.
+    """
+
+    def __init__(
+        self, message: str, medium: str, address: str, opted_out: bool, code: str = ""
+    ) -> None:
+        super().__init__(message)
+        self.medium = medium
+        self.address = address
+        self.opted_out = opted_out
+        self.code = code

@@ -12,6 +12,7 @@ from typing import Any
 
 TASK_UPSERT = "task_upsert"
 FAMILY_NOTICE = "family_notice"
+FOLLOW_UP = "follow_up"
 # Family notices pick their channel when sent (the first the contact can use then).
 FAMILY_TARGET = "family"
 
@@ -62,3 +63,39 @@ def family_notices(
         }
         for contact_id in contact_ids
     ]
+
+
+def follow_up_key(notice_id: int) -> str:
+    return f"follow-up:notice-{notice_id}"
+
+
+def follow_up(
+    case_id: int | None, student_id: str, contact_id: str, notice_id: int, channel: str,
+    categories: list[str],
+) -> dict[str, Any]:  # fmt: skip
+    """Ask the guardian, on the channel the notice went by, whether the resources helped."""
+    return {
+        "idempotency_key": follow_up_key(notice_id),
+        "kind": FOLLOW_UP,
+        "target": channel,
+        "case_id": case_id,
+        "student_id": student_id,
+        "contact_id": contact_id,
+        "payload": {"notice_id": notice_id, "channel": channel, "categories": categories},
+    }
+
+
+def reply_notice(
+    case_id: int, student_id: str, contact_id: str, message_sid: str, categories: list[str]
+) -> dict[str, Any]:
+    """A new notice after a family answered "no" or "need something else" (other resources:
+    the ones already sent are not repeated)."""
+    return {
+        "idempotency_key": f"notice:case-{case_id}:reply-{message_sid}:contact-{contact_id}",
+        "kind": FAMILY_NOTICE,
+        "target": FAMILY_TARGET,
+        "case_id": case_id,
+        "student_id": student_id,
+        "contact_id": contact_id,
+        "payload": {"categories": sorted(categories)},
+    }

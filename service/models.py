@@ -146,6 +146,9 @@ class ContactPreference(Base):
     # "Stop everything", by any reasonable means: every channel.
     all_opted_out_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     evidence: Mapped[dict[str, Any] | None] = mapped_column(Json)
+    # The SMS provider rejected this number (invalid, not a mobile): texts skip it until the SIS
+    # gives a different one; email is used instead.
+    sms_unusable_phone: Mapped[str | None] = mapped_column(String(32))
 
 
 class StudentContact(SourceRow, Base):
@@ -477,3 +480,132 @@ class SchedulerHeartbeat(Base):
     holder: Mapped[str] = mapped_column(String(128))
     elected_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     beat_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+# -- families (issue 8): consent history, provider message states, send-rate slots -------------
+
+
+class ConsentEvent(Base):
+    """Every consent change a family made, with its evidence, kept (TCPA: at least 4 years).
+
+    `contact_preferences` says where a contact stands now; this says how it got there.
+    """
+
+    __tablename__ = "consent_events"
+    id: Mapped[int] = mapped_column(SerialId, primary_key=True, autoincrement=True)
+    contact_id: Mapped[str] = mapped_column(Key, index=True)
+    # opt_out | opt_in | address_unusable
+    action: Mapped[str] = mapped_column(String(32))
+    scope: Mapped[str] = mapped_column(String(16))  # sms | email | all
+    # sms_reply | carrier_opt_out | unsubscribe_link | provider_error
+    via: Mapped[str] = mapped_column(String(32))
+    evidence: Mapped[dict[str, Any]] = mapped_column(Json)
+    at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class InboundMessage(Base):
+    """A text a family sent us, kept as received; the provider's id makes a retried webhook
+    one message (one action, at most one confirmation)."""
+
+    __tablename__ = "inbound_messages"
+    provider_id: Mapped[str] = mapped_column(String(64), primary_key=True)  # Twilio MessageSid
+    channel: Mapped[str] = mapped_column(String(64))
+    from_address: Mapped[str] = mapped_column(String(64), index=True)
+    body: Mapped[str] = mapped_column(Text)
+    # opt_out | opt_in | help | other
+    action: Mapped[str] = mapped_column(String(16))
+    contact_ids: Mapped[list[Any]] = mapped_column(Json)
+    received_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class MessageStatus(Base):
+    """A provider's delivery state of one message we sent; only ever moves forward."""
+
+    __tablename__ = "message_statuses"
+    provider_id: Mapped[str] = mapped_column(String(64), primary_key=True)  # Twilio MessageSid
+    channel: Mapped[str] = mapped_column(String(64))
+    status: Mapped[str] = mapped_column(String(16))
+    rank: Mapped[int] = mapped_column(Integer)
+    error_code: Mapped[str | None] = mapped_column(String(16))
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class SendRate(Base):
+    """The next free send slot per sender (seconds since the epoch), shared by every worker."""
+
+    __tablename__ = "send_rates"
+    sender: Mapped[str] = mapped_column(String(128), primary_key=True)
+    next_at: Mapped[float] = mapped_column(Float)
+
+
+class CommunityResource(Base):
+    """A service from an imported resource directory (Open Referral HSDS 3.0).
+
+    Re-imports update in place; a service that vanished from its directory is retired (inactive,
+    `retired_at`), never deleted, so what families were sent stays explainable.
+    """
+
+    __tablename__ = "community_resources"
+    resource_id: Mapped[str] = mapped_column(Key, primary_key=True)  # the HSDS service id
+    directory: Mapped[str] = mapped_column(String(64), index=True)
+    category: Mapped[str | None] = mapped_column(String(64))  # ours, mapped from taxonomy terms
+    name: Mapped[str] = mapped_column(String(255))
+    organization: Mapped[str | None] = mapped_column(String(255))
+    phone: Mapped[str | None] = mapped_column(String(32))  # E.164 when it could be read
+    url: Mapped[str | None] = mapped_column(String(512))
+    status: Mapped[str] = mapped_column(String(32))
+    active: Mapped[bool] = mapped_column(Boolean)
+    languages: Mapped[list[Any]] = mapped_column(Json)  # ISO 639-1 codes
+    minimum_age: Mapped[float | None] = mapped_column(Float)
+    maximum_age: Mapped[float | None] = mapped_column(Float)
+    latitude: Mapped[float | None] = mapped_column(Float)
+    longitude: Mapped[float | None] = mapped_column(Float)
+    assured_date: Mapped[date | None] = mapped_column(Date)
+    notes: Mapped[list[Any]] = mapped_column(Json)  # fields dropped on import, and why
+    content_hash: Mapped[str] = mapped_column(String(32))
+    seen_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    retired_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class ResourceQuarantine(Base):
+    """A directory record that could not be used, with the reason; the previous version stays."""
+
+    __tablename__ = "resource_quarantine"
+    id: Mapped[int] = mapped_column(SerialId, primary_key=True, autoincrement=True)
+    directory: Mapped[str] = mapped_column(String(64), index=True)
+    record_id: Mapped[str | None] = mapped_column(String(255))
+    reason: Mapped[str] = mapped_column(Text)
+    payload: Mapped[dict[str, Any]] = mapped_column(Json)
+    at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class CaseReply(Base):
+    """A family's answer to a follow-up ("did the resources help?"), kept on the case.
+
+    answer: got_help | no_help | need_other | unrecognised (the text is kept for a person).
+    """
+
+    __tablename__ = "case_replies"
+    id: Mapped[int] = mapped_column(SerialId, primary_key=True, autoincrement=True)
+    case_id: Mapped[int | None] = mapped_column(ForeignKey("cases.id"), index=True)
+    contact_id: Mapped[str] = mapped_column(Key)
+    outbox_id: Mapped[int | None] = mapped_column(ForeignKey("outbox.id"))  # the follow-up
+    answer: Mapped[str] = mapped_column(String(16))
+    text: Mapped[str] = mapped_column(Text)
+    message_sid: Mapped[str] = mapped_column(String(64))
+    at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class ResourceLink(Base):
+    """A short, opaque, expiring link to a page listing resources in one language.
+
+    A text names what fits in its segments and links the rest. The page holds resources only:
+    no student, no family, no reason.
+    """
+
+    __tablename__ = "resource_links"
+    token: Mapped[str] = mapped_column(String(32), primary_key=True)
+    resource_ids: Mapped[list[Any]] = mapped_column(Json)
+    language: Mapped[str] = mapped_column(String(16))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))

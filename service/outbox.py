@@ -38,7 +38,7 @@ from service.bulk import insert_new, table
 from service.clock import utcnow
 from service.config import OutboxConfig
 from service.delivery import Deliverer, Send, Skip
-from service.errors import OutcomeUnknown, PermanentError, TransientError
+from service.errors import AddressRejected, OutcomeUnknown, PermanentError, TransientError
 from service.models import OutboxItem
 
 log = structlog.get_logger(__name__)
@@ -267,6 +267,8 @@ class Dispatcher:
                 self._uncertain(item, token, f"reconcile: {exc}")
             else:  # by contract, a transient error means the call did not take effect
                 self._failed(item, token, str(exc), exc.retry_after)
+        except AddressRejected as exc:
+            self._rejected(item, token, exc)
         except PermanentError as exc:
             if reconciling:  # it may have gone out: a person decides, never a blind resend
                 self._park(item, token, f"reconcile: {exc}")
@@ -420,6 +422,35 @@ class Dispatcher:
             self.report.retried += 1
         if not _mark_alone(self.engine, item, token, values):
             self._lost(item)
+
+    def _rejected(self, item: OutboxItem, token: str, exc: AddressRejected) -> None:
+        """The provider refused the address for good (no message was created).
+
+        Recorded on the contact in the same transaction as the mark. An invalid number sends the
+        notice back to planning, which now picks email; a carrier opt-out is never retried.
+        """
+        replan = exc.medium == "sms" and not exc.opted_out
+        attempts = item.attempts + 1
+        values: dict[str, Any] = {
+            "attempts": attempts,
+            "last_error": str(exc)[:2000],
+            "sending_at": None,
+            "status": "pending" if replan else "dead",
+            "reason": f"address rejected ({exc.code or exc.medium})",
+        }
+        if replan:
+            values["next_attempt_at"] = self.clock()
+        with self.engine.begin() as conn:
+            ok = _mark(conn, item, token, values)
+            if ok:
+                self.deliverer.rejected(conn, item, exc)
+        if not ok:
+            self._lost(item)
+        elif replan:
+            self.report.retried += 1
+        else:
+            self.report.dead += 1
+        log.warning("outbox.address_rejected", item=item.id, code=exc.code, replan=replan)
 
     def _lost(self, item: OutboxItem) -> None:
         self.report.lost_claims += 1

@@ -49,7 +49,7 @@ def contact_state(conn: Connection, student_id: str, contact_id: str) -> Contact
             StudentContact.active.label("link_active"), StudentContact.is_guardian.label("link_g"),
             StudentContact.no_contact,
             ContactPreference.sms_opted_out_at, ContactPreference.email_opted_out_at,
-            ContactPreference.all_opted_out_at,
+            ContactPreference.all_opted_out_at, ContactPreference.sms_unusable_phone,
         )
         .select_from(Contact)
         .outerjoin(
@@ -77,6 +77,8 @@ def contact_state(conn: Connection, student_id: str, contact_id: str) -> Contact
         sms_opted_out=row["sms_opted_out_at"] is not None,
         email_opted_out=row["email_opted_out_at"] is not None,
         all_opted_out=row["all_opted_out_at"] is not None,
+        # Only the number that was rejected: a new number from the SIS is tried again.
+        sms_unusable=bool(row["sms_phone"]) and row["sms_unusable_phone"] == row["sms_phone"],
     )
 
 

@@ -31,6 +31,8 @@ class ContactState:
     sms_opted_out: bool = False
     email_opted_out: bool = False
     all_opted_out: bool = False
+    # The SMS provider rejected this very number (invalid, landline): email instead.
+    sms_unusable: bool = False
 
 
 @dataclass(frozen=True)
@@ -66,6 +68,8 @@ def choose_channel(state: ContactState, channels: list[ChannelChoice]) -> SendVi
     opted_out = False
     for channel in channels:
         address = state.sms_phone if channel.medium == "sms" else state.email
+        if channel.medium == "sms" and state.sms_unusable:
+            address = None
         if not address:
             continue
         out = state.sms_opted_out if channel.medium == "sms" else state.email_opted_out

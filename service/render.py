@@ -105,7 +105,7 @@ def check_templates(settings: Settings) -> list[ConfigProblem]:
     if templates is None:
         return []
     problems: list[ConfigProblem] = []
-    for key in ("family_notice", "family_notice_subject"):
+    for key in ("family_notice", "family_notice_subject", "follow_up"):
         texts: dict[str, str] = getattr(templates, key)
         for language, source in texts.items():
             where = f"templates.{key}.{language}"
@@ -129,3 +129,106 @@ def check_templates(settings: Settings) -> list[ConfigProblem]:
                     ConfigProblem(settings.source_file, where, f"template error{at}: {exc}")
                 )
     return problems
+
+
+# Kept within GSM-7: an accent here would turn the whole text into UCS-2.
+MORE_LABEL = {"en": "More resources", "es": "Otros recursos"}
+
+
+def fit_family_notice(
+    templates: TemplateConfig,
+    district: str,
+    language: str,
+    medium: str,
+    resources: list[ResourceConfig],
+    student_first_name: str,
+    school_name: str,
+    max_segments: int,
+    more_link: str | None = None,
+) -> tuple[RenderedMessage, list[ResourceConfig]]:
+    """Render with as many resources as fit in `max_segments` SMS segments (at least one).
+
+    For each count, first with the resources' descriptions, then with name and phone only (an
+    accented description alone turns a text into UCS-2). With `more_link`, a text that leaves
+    anything out ends with a link to the page that has it all. Email is not cut. The resources
+    left out are not counted as sent, so a later message can still offer them.
+    """
+    from service.sms_text import sms_size
+
+    def render(chosen: list[ResourceConfig], partial: bool = False) -> RenderedMessage:
+        rendered = render_family_notice(
+            templates, district, language, medium, chosen, student_first_name, school_name
+        )
+        if more_link and (partial or len(chosen) < len(resources)):  # the rest, one tap away
+            label = MORE_LABEL.get(rendered.language, MORE_LABEL["en"])
+            body = f"{rendered.body}\n{label}: {more_link}"
+            return RenderedMessage(rendered.language, body, rendered.subject)
+        return rendered
+
+    if medium != "sms" or not resources:
+        return render(resources), resources
+    fallback: tuple[RenderedMessage, list[ResourceConfig]] | None = None
+    for count in range(len(resources), 0, -1):
+        chosen = resources[:count]
+        bare = [r.model_copy(update={"description": {}}) for r in chosen]
+        for variant, partial in ((chosen, False), (bare, any(r.description for r in chosen))):
+            rendered = render(variant, partial)
+            if sms_size(rendered.body).segments <= max_segments:
+                return rendered, chosen
+            if count == 1:
+                fallback = (rendered, chosen)  # the shortest we can make: sent anyway
+    assert fallback is not None
+    return fallback
+
+
+def template_warnings(settings: Settings) -> list[ConfigProblem]:
+    """Translations that cost far more SMS segments than English (UCS-2 triples the count).
+
+    Not errors: the message still goes out, with fewer resources per text.
+    """
+    from service.sms_text import sms_size
+
+    templates = settings.templates
+    if templates is None:
+        return []
+    limit = settings.policy.sms_max_segments
+    sizes = {}
+    for language in templates.family_notice:
+        rendered = render_family_notice(
+            templates, settings.district.name, language, "sms", SAMPLE_RESOURCES,
+            "Sam", "Sample School",
+        )  # fmt: skip
+        sizes[language] = sms_size(rendered.body)
+    english = sizes.get("en")
+    warnings: list[ConfigProblem] = []
+    for language, size in sizes.items():
+        where = f"templates.family_notice.{language}"
+        if english and language != "en" and size.segments >= 3 * max(english.segments, 1):
+            warnings.append(ConfigProblem(
+                settings.source_file, where,
+                f"{size.segments} SMS segments ({size.encoding}) where English takes "
+                f"{english.segments} ({english.encoding}): shorten it or avoid characters "
+                "outside GSM-7",
+            ))  # fmt: skip
+        elif size.segments > limit:
+            warnings.append(ConfigProblem(
+                settings.source_file, where,
+                f"{size.segments} SMS segments ({size.encoding}) with one resource, above "
+                f"policy.sms_max_segments ({limit})",
+            ))  # fmt: skip
+    return warnings
+
+
+def render_follow_up(
+    templates: TemplateConfig, district: str, language: str, school_name: str
+) -> RenderedMessage:
+    """The follow-up question in the family's language (English when none was written)."""
+    lang, source = _pick(templates.follow_up, language)
+    context = {
+        "district": district, "school": school_name, "student_first_name": "",
+        "resources": [], "resources_text": "", "medium": "sms", "language": lang,
+    }  # fmt: skip
+    try:
+        return RenderedMessage(lang, _compile(source).render(context).strip(), None)
+    except TemplateError as exc:
+        raise PermanentError(f"template follow_up.{lang}: {exc}") from exc
