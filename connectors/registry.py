@@ -33,6 +33,7 @@ BUILTIN_MODULES = (
     "connectors.sources.oneroster_rest",
     "connectors.sources.edfi",
     "connectors.destinations.file",
+    "connectors.destinations.webhook",
     "connectors.channels.file",
 )
 
