@@ -34,6 +34,9 @@ BUILTIN_MODULES = (
     "connectors.sources.edfi",
     "connectors.destinations.file",
     "connectors.destinations.webhook",
+    "connectors.destinations.planner",
+    "connectors.destinations.sheets",
+    "connectors.destinations.zendesk",
     "connectors.channels.file",
 )
 

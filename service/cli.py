@@ -277,6 +277,25 @@ def connectors_cmd() -> None:
         console.print(table)
 
 
+@main.group("tools")
+def tools_group() -> None:
+    """Staff tools: status coming back from tools that cannot call us (Google Sheets)."""
+
+
+@tools_group.command("poll")
+@click.pass_context
+def tools_poll(ctx: click.Context) -> None:
+    """Read status changes people made in polled tools and apply them to the cases."""
+    from service.tool_status import poll_tools
+
+    settings = _settings(ctx)
+    outcomes = poll_tools(_engine(settings), settings)
+    for outcome, n in sorted(outcomes.items()):
+        console.print(f"{outcome}: {n}")
+    if not outcomes:
+        console.print("no changes in the staff tools")
+
+
 @main.group("outbox")
 def outbox_group() -> None:
     """Look at outbox items and resolve the ones that need a person."""

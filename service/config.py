@@ -112,6 +112,10 @@ class CaseConfig(Strict):
     cooldown_days: int = Field(30, ge=0)
     # An open case whose reasons stopped firing closes after this many days without a relapse.
     recovery_days: int = Field(14, ge=0)
+    # The first 1:1 meeting is due this many instructional days (school calendar) after opening.
+    first_meeting_school_days: int = Field(5, ge=1)
+    # A link back to the case in staff tasks, e.g. "https://cases.district.org/cases/{case_id}".
+    link_template: str | None = None
 
 
 class CaseloadConfig(Strict):

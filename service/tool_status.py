@@ -8,38 +8,28 @@ every destination so the other tools follow. Reports arrive through the signed e
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from datetime import datetime
+from collections import Counter
+from collections.abc import Mapping
 from typing import Any, Literal
 
 import structlog
-from sqlalchemy import Connection, insert, select, update
+from sqlalchemy import Connection, Engine, insert, select, update
 
+from connectors.status import ACTIONS, StatusReport
 from service.clock import utcnow
 from service.config import Settings
+from service.errors import PermanentError, TransientError
 from service.intents import task_upserts
 from service.models import Case, CaseEvent
 from service.outbox import enqueue
 
+__all__ = ["ACTIONS", "Outcome", "StatusReport", "apply_report", "case_id_of", "poll_tools"]
+
 log = structlog.get_logger(__name__)
 
-Action = Literal["completed", "reopened", "reassigned"]
-ACTIONS: tuple[str, ...] = ("completed", "reopened", "reassigned")
 Outcome = Literal[
     "closed", "reopened", "reassigned", "unchanged", "unknown_case", "conflict", "unknown_assignee"
 ]
-
-
-@dataclass(frozen=True)
-class StatusReport:
-    """What a person did to our task in a tool."""
-
-    subject: str  # "case-12"
-    action: Action
-    via: str  # the destination's name
-    actor: str | None = None  # the tool's user (an email or a display name)
-    assignee: str | None = None  # reassigned: the case manager's email or staff id
-    at: datetime | None = None
 
 
 def case_id_of(subject: str) -> int | None:
@@ -108,3 +98,32 @@ def apply_report(conn: Connection, settings: Settings, report: StatusReport) -> 
     enqueue(conn, task_upserts(destinations, case.id, case.student_id, revision))
     log.info("tool_status.applied", case=case.id, outcome=outcome, via=report.via)
     return outcome
+
+
+def poll_tools(
+    engine: Engine, settings: Settings, destinations: Mapping[str, Any] | None = None
+) -> Counter[str]:
+    """Ask every destination that can be polled (`poll_status`) what people changed there.
+
+    Each report is applied in its own transaction; a tool that fails to answer is logged and
+    counted, and the others are still polled.
+    """
+    if destinations is None:
+        from service.delivery import build_targets  # the delivery core builds connectors
+
+        destinations = build_targets(settings)[0]
+    outcomes: Counter[str] = Counter()
+    for name, destination in destinations.items():
+        poll = getattr(destination, "poll_status", None)
+        if poll is None:
+            continue
+        try:
+            reports = poll()
+        except (TransientError, PermanentError) as exc:
+            log.warning("tool_status.poll_failed", destination=name, error=type(exc).__name__)
+            outcomes["poll_failed"] += 1
+            continue
+        for report in reports:
+            with engine.begin() as conn:
+                outcomes[apply_report(conn, settings, report)] += 1
+    return outcomes
