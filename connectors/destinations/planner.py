@@ -71,6 +71,8 @@ def marker(subject: str) -> str:
 
 class PlannerDestination:
     idempotency: Idempotency = "stored_link"
+    # A create whose answer was lost may lack its details: after `find`, update it (delivery.py).
+    update_after_find = True
 
     def __init__(self, name: str, cfg: PlannerSettings) -> None:
         self.name = name

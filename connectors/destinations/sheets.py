@@ -34,7 +34,7 @@ from connectors.destinations.http_base import (
 )
 from connectors.destinations.task_text import reason_line, resource_line
 from connectors.registry import register
-from connectors.status import StatusReport
+from connectors.status import Action, StatusReport
 from service.config import Settings
 from service.errors import PermanentError, TransientError
 
@@ -134,12 +134,21 @@ class SheetsDestination:
             self._put(f"A{row}:{LAST_COLUMN}{row}", [[subject, status, status, *self._cells(task)]])
             return DeliveryResult(f"row-{row}", None, {"op": "create"})
         current = (self._get(f"B{row}:C{row}") or [[]])[0] + ["", ""]
-        if current[0].strip().lower() != current[1].strip().lower():
+        theirs, synced = current[0].strip().lower(), current[1].strip().lower()
+        if theirs != synced and self._meaning(theirs) != status:
             # A person changed Status and the poll has not taken it in yet: keep their cell.
             self._put(f"D{row}:{LAST_COLUMN}{row}", [self._cells(task)])
         else:
             self._put(f"B{row}:{LAST_COLUMN}{row}", [[status, status, *self._cells(task)]])
         return DeliveryResult(f"row-{row}", None, {"op": "update"})
+
+    def _meaning(self, value: str) -> str | None:
+        """What a Status cell says in casebridge's terms: "closed", "open" or nothing known."""
+        if value in {v.lower() for v in self.cfg.closed_values}:
+            return "closed"
+        if value in {v.lower() for v in self.cfg.open_values}:
+            return "open"
+        return None
 
     def find(self, subject: str) -> Link | None:
         row = self._row_of(self._keys(), subject)
@@ -150,18 +159,16 @@ class SheetsDestination:
 
     def poll_status(self) -> list[StatusReport]:
         """Rows whose Status a person changed since casebridge last wrote them."""
-        closed = {v.lower() for v in self.cfg.closed_values}
-        opened = {v.lower() for v in self.cfg.open_values}
         reports = []
         for row in self._get("A2:C"):
             subject, status, synced = ([*row, "", "", ""])[:3]
-            wanted, known = status.strip().lower(), synced.strip().lower()
-            if not subject.startswith("case-") or not wanted or wanted == known:
+            wanted = self._meaning(status.strip().lower())
+            if not subject.startswith("case-") or wanted is None:
                 continue
-            if wanted in closed and known not in closed:
-                reports.append(StatusReport(subject, "completed", self.name))
-            elif wanted in opened and known not in opened:
-                reports.append(StatusReport(subject, "reopened", self.name))
+            if wanted == self._meaning(synced.strip().lower()):
+                continue
+            action: Action = "completed" if wanted == "closed" else "reopened"
+            reports.append(StatusReport(subject, action, self.name))
         return reports
 
 
