@@ -14,6 +14,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import jsonschema
 import pytest
 from sqlalchemy import Engine, select
 from standardwebhooks.webhooks import Webhook
@@ -23,7 +24,7 @@ from service.api import create_app
 from service.config import Settings, parse_settings
 from service.models import Case, CaseEvent, OutboxItem
 from service.pipeline import open_engine, run_dispatch, run_evaluate, run_sync
-from tests.conftest import raw_config_for
+from tests.conftest import ROOT, raw_config_for
 from tests.fixtures.http_server import Fault
 from tests.fixtures.tool_servers import WebhookReceiver
 from tools.synthetic import generate_district
@@ -115,6 +116,9 @@ def test_every_case_arrives_once_verified_despite_429_5xx_and_a_lost_response(
     assert posted == len(cases) + 1 + 2 + 1 + 2  # each fault and loss cost one retry, no more
     task = next(iter(receiver.tasks().values()))
     assert task["student"]["name"] and task["reasons"] and task["status"] == "open"
+    schema = json.loads((ROOT / "docs" / "webhook-task.schema.json").read_text(encoding="utf-8"))
+    for event in receiver.events:  # the documented payload is the payload sent
+        jsonschema.validate(event, schema, format_checker=jsonschema.FormatChecker())
 
 
 def signed_status(payload: dict[str, Any], msg_id: str, secret: str = STATUS_SECRET,
@@ -142,6 +146,8 @@ def test_a_tool_reports_a_task_completed_and_reassigned_and_the_case_follows(
 
     done = {"type": "task.status", "data": {"task_id": subject, "action": "completed",
                                             "actor": "arivera@district.example.org"}}  # fmt: skip
+    schema = json.loads((ROOT / "docs" / "tool-status.schema.json").read_text(encoding="utf-8"))
+    jsonschema.validate(done, schema)
     body, headers = signed_status(done, "evt-1")
     first = client.post("/tools/hooks/status", data=body, headers=headers)
     again = client.post("/tools/hooks/status", data=body, headers=headers)  # redelivered
