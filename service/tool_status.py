@@ -20,7 +20,7 @@ from service.clock import utcnow
 from service.config import Settings
 from service.errors import PermanentError, TransientError
 from service.intents import task_upserts
-from service.models import Case, CaseEvent
+from service.models import Case, CaseEvent, DeliveryLink
 from service.outbox import enqueue
 
 __all__ = ["ACTIONS", "Outcome", "StatusReport", "apply_report", "case_id_of", "poll_tools"]
@@ -125,5 +125,23 @@ def poll_tools(
             continue
         for report in reports:
             with engine.begin() as conn:
-                outcomes[apply_report(conn, settings, report)] += 1
+                if _update_pending(conn, name, report.subject):
+                    # The tool shows an older revision than the case: what it says may be ours,
+                    # not a person's. The next delivery writes the current state back.
+                    outcomes["waiting_for_update"] += 1
+                    continue
+                outcome = apply_report(conn, settings, report)
+            if outcome != "unchanged":  # tools report every task; only changes are news
+                outcomes[outcome] += 1
     return outcomes
+
+
+def _update_pending(conn: Connection, target: str, subject: str) -> bool:
+    case_id = case_id_of(subject)
+    revision = conn.execute(select(Case.revision).where(Case.id == case_id)).scalar()
+    delivered = conn.execute(
+        select(DeliveryLink.last_revision).where(
+            DeliveryLink.target == target, DeliveryLink.subject == subject
+        )
+    ).scalar()
+    return revision is not None and delivered is not None and delivered < revision

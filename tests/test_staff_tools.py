@@ -231,7 +231,8 @@ def test_demo_cases_land_once_in_every_tool_follow_the_case_and_survive_a_replay
     done = sorted(opened)[0]
     tools.sheets.edit_cell(done, 1, "Done")
     assert poll_tools(engine, settings) == {"closed": 1}
-    assert poll_tools(engine, settings) == {"unchanged": 1}  # until the sheet is written back
+    # Until the tools show the closed case, what they say is not news (Sheets and Planner).
+    assert poll_tools(engine, settings) == {"waiting_for_update": 2}
     run_dispatch(engine, settings)
     assert poll_tools(engine, settings) == {}
     with engine.connect() as conn:
@@ -245,6 +246,20 @@ def test_demo_cases_land_once_in_every_tool_follow_the_case_and_survive_a_replay
     assert zendesk_tickets(tools)[done]["status"] == "solved"
     assert tools.hooks.tasks()[done]["status"] == "closed"
     assert sheet_rows(tools)[done][1:3] == ["closed", "closed"]
+
+    # Another counselor completes a task in Planner: polled, the case closes, with who did it.
+    finished = sorted(opened)[1]
+    tools.planner.edit_in_planner(planner_tasks(tools)[finished]["id"], percentComplete=100,
+                                  completedBy={"user": {"id": "u-rivera"}})  # fmt: skip
+    assert poll_tools(engine, settings) == {"closed": 1}
+    run_dispatch(engine, settings)
+    with engine.connect() as conn:
+        history = conn.execute(select(CaseEvent.kind, CaseEvent.via, CaseEvent.actor)
+                               .where(CaseEvent.via.is_not(None))
+                               .order_by(CaseEvent.id)).all()  # fmt: skip
+    assert history == [("closed", "sheets", None), ("closed", "planner", "u-rivera")]
+    assert zendesk_tickets(tools)[finished]["status"] == "solved"
+    assert sheet_rows(tools)[finished][1] == "closed"
 
     # Every other case recovers and closes: every tool shows it closed, still one item each.
     settings = configured(db_url, data, tmp_path / "out", tools, rules=[],

@@ -33,6 +33,7 @@ from connectors.destinations.http_base import (
 )
 from connectors.destinations.task_text import task_text
 from connectors.registry import register
+from connectors.status import StatusReport
 from service.config import Settings, Strict
 from service.errors import PermanentError, TransientError
 
@@ -181,6 +182,29 @@ class PlannerDestination:
                         return Link(item["id"], item.get("@odata.etag"))
                 url = page.get("@odata.nextLink")
         return None
+
+    def poll_status(self) -> list[StatusReport]:
+        """Tasks a person completed (100%) or reopened in Planner, read from the routed plans.
+
+        `tools.poll_tools` skips a task whose case has an update on its way to Planner.
+        """
+        reports = []
+        plans = dict.fromkeys([self.cfg.plan_id, *(r.plan_id for r in self.cfg.routes)])
+        for plan in plans:
+            url: str | None = f"{self.base}/planner/plans/{plan}/tasks"
+            while url:
+                page = self.http.request("GET", url, safe=True).json()
+                for item in page.get("value") or []:
+                    title = str(item.get("title") or "")
+                    if not title.endswith("]") or "[case-" not in title:
+                        continue
+                    subject = title.rsplit("[", 1)[1][:-1]
+                    done = item.get("percentComplete") == 100
+                    who = ((item.get("completedBy") or {}).get("user") or {}).get("id")
+                    reports.append(StatusReport(subject, "completed" if done else "reopened",
+                                                self.name, actor=who))  # fmt: skip
+                url = page.get("@odata.nextLink")
+        return reports
 
     def reconcile(self, key: str, subject: str, since: datetime) -> Reconciled:
         raise PermanentError("planner keeps stored links; the core reconciles with find")
