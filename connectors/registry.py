@@ -37,6 +37,8 @@ BUILTIN_MODULES = (
     "connectors.destinations.planner",
     "connectors.destinations.sheets",
     "connectors.destinations.zendesk",
+    "connectors.destinations.jira",
+    "connectors.destinations.slack",
     "connectors.channels.file",
 )
 
