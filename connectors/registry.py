@@ -39,6 +39,7 @@ BUILTIN_MODULES = (
     "connectors.destinations.zendesk",
     "connectors.destinations.jira",
     "connectors.destinations.slack",
+    "connectors.destinations.teams",
     "connectors.channels.file",
 )
 

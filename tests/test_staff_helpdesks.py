@@ -19,7 +19,7 @@ from service.models import Case, DeliveryLink, OutboxItem
 from service.pipeline import open_engine, run_dispatch, run_evaluate, run_sync
 from tests.conftest import example_config, raw_config_for
 from tests.fixtures.http_server import Fault
-from tests.fixtures.tool_servers import JiraServer, SlackServer
+from tests.fixtures.tool_servers import JiraServer, SlackServer, TeamsWorkflowServer
 from tools.synthetic import generate_district
 
 NO_WAIT = {"base_delay_seconds": 0, "max_delay_seconds": 0}
@@ -131,3 +131,48 @@ def test_jira_issues_and_slack_messages_once_per_case_updated_and_closed(
     assert report.dead == 0
     assert len(jira.issues) == len(cases) and len(slack.messages) == len(cases)
     assert len(jira.transitions_done) == len(cases)
+
+
+def test_teams_gets_one_card_per_new_urgent_case_and_a_lost_post_waits_for_a_person(
+    db_url: str, tmp_path: Path
+) -> None:
+    teams = TeamsWorkflowServer()
+    teams.start()
+    try:
+        data = tmp_path / "data"
+        generate_district(data, students=60, seed=21)
+        url = f"{teams.base_url}/workflows/abc/triggers/manual/paths/invoke?sig=s1"
+        raw = raw_config_for(db_url, data, tmp_path / "out", channels=[], outbox=NO_WAIT,
+                             destinations=[{"name": "teams", "kind": "teams_workflow",
+                                            "url": url}])  # fmt: skip
+        settings = parse_settings(raw, "t.yaml", data)
+        engine = open_engine(settings)
+        assert not [r.error for r in run_sync(engine, settings) if r.error]
+        run_evaluate(engine, settings)
+        with engine.connect() as conn:
+            urgent = conn.execute(select(Case.id).where(Case.severity == "high")).scalars().all()
+        assert 1 < len(urgent) < len(subjects(engine))
+        teams.lose_response("POST", "/workflows/")  # posted; the answer never arrives
+
+        report = run_dispatch(engine, settings)
+
+        assert len(teams.cards) == len(urgent)  # one card per urgent case, none for the rest
+        assert report.needs_review == 1  # the lost post: a person checks Teams, no second card
+        assert all(c["body"][0]["text"].startswith("Urgent: ") for c in teams.cards)
+
+        rules = [
+            *example_config()["rules"],
+            {
+                "id": "attendance-watch",
+                "reason": "watch",
+                "when": "chronically_absent and absent_days >= 1",
+                "severity": "high",
+            },
+        ]
+        settings = parse_settings({**raw, "rules": rules}, "t.yaml", data)
+        run_evaluate(engine, settings)
+        report = run_dispatch(engine, settings)
+        assert report.delivered > 0
+        assert len(teams.cards) == len(urgent)  # updates of announced cases post nothing
+    finally:
+        teams.stop()
