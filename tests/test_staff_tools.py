@@ -197,6 +197,8 @@ def test_demo_cases_land_once_in_every_tool_follow_the_case_and_survive_a_replay
     }
     rules = [*example_config()["rules"], watch]
     settings = configured(db_url, data, tmp_path / "out", tools, rules=rules)
+    tools.planner.tokens.clear()  # both tokens revoked: a 401, one fresh token, carry on
+    tools.sheets.tokens.clear()
     touched = planner_tasks(tools)[chronic[0]]["id"]
     tools.planner.edit_in_planner(touched, percentComplete=50)
     run_evaluate(engine, settings)
@@ -205,6 +207,8 @@ def test_demo_cases_land_once_in_every_tool_follow_the_case_and_survive_a_replay
     assert report.delivered == 4 * len(chronic) and report.dead == 0
     assert_one_item_per_case_everywhere(tools, opened)
     assert tools.planner.conflicts == 1  # 412, re-read, patched with the fresh ETag
+    assert tools.planner.count("POST", "/oauth2/v2.0/token") == 2
+    assert tools.sheets.count("POST", "/token") == 2
     for subject in chronic:
         assert "attendance watch" in planner_tasks(tools)[subject]["details"]
         assert "attendance watch" in sheet_rows(tools)[subject][9]
