@@ -24,7 +24,7 @@ from service.config import Settings, parse_settings
 from service.models import Case, CaseEvent, DeliveryLink, Disclosure, OutboxItem
 from service.pipeline import open_engine, run_dispatch, run_evaluate, run_sync
 from service.tool_status import poll_tools
-from tests.conftest import example_config, raw_config_for
+from tests.conftest import ROOT, example_config, raw_config_for
 from tests.fixtures.http_server import Fault
 from tests.fixtures.tool_servers import (
     PlannerServer,
@@ -32,8 +32,8 @@ from tests.fixtures.tool_servers import (
     WebhookReceiver,
     ZendeskServer,
 )
-from tools.synthetic import generate_district
 
+DEMO_DATA = ROOT / "config" / "sample-data"
 SECRET = "whsec_" + base64.b64encode(b"end-to-end-webhook-secret-0123").decode()
 NO_WAIT = {"base_delay_seconds": 0, "max_delay_seconds": 0}
 SERVICE_ACCOUNT = "casebridge@district-project.iam.gserviceaccount.com"
@@ -137,8 +137,7 @@ def assert_one_item_per_case_everywhere(tools: Tools, expected: set[str]) -> Non
 def test_demo_cases_land_once_in_every_tool_follow_the_case_and_survive_a_replay(
     db_url: str, tmp_path: Path, tools: Tools
 ) -> None:
-    data = tmp_path / "data"
-    generate_district(data, students=60, seed=21)
+    data = DEMO_DATA  # the district `make demo` runs
     settings = configured(db_url, data, tmp_path / "out", tools)
     engine = open_engine(settings)
     assert not [r.error for r in run_sync(engine, settings) if r.error]
