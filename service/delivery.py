@@ -239,6 +239,8 @@ class Deliverer:
             self._save_link(conn, item, record, result, now)
         if not item.student_id:
             return
+        if result.detail.get("sent") is False:
+            return  # the target chose to send nothing (a Teams card for a non-urgent case)
         if item.kind == TASK_UPSERT:
             disclosure = {
                 "recipient": f"staff tool {item.target}",

@@ -15,7 +15,7 @@ import pytest
 from sqlalchemy import Engine, delete, select, update
 
 from service.config import Settings, parse_settings
-from service.models import Case, DeliveryLink, OutboxItem
+from service.models import Case, DeliveryLink, Disclosure, OutboxItem
 from service.pipeline import open_engine, run_dispatch, run_evaluate, run_sync
 from tests.conftest import example_config, raw_config_for
 from tests.fixtures.http_server import Fault
@@ -159,6 +159,9 @@ def test_teams_gets_one_card_per_new_urgent_case_and_a_lost_post_waits_for_a_per
         assert len(teams.cards) == len(urgent)  # one card per urgent case, none for the rest
         assert report.needs_review == 1  # the lost post: a person checks Teams, no second card
         assert all(c["body"][0]["text"].startswith("Urgent: ") for c in teams.cards)
+        with engine.connect() as conn:  # a disclosure only where a card actually went out
+            disclosed = conn.execute(select(Disclosure.student_id)).scalars().all()
+        assert len(disclosed) == len(urgent) - 1  # the lost post waits for a person to say
 
         rules = [
             *example_config()["rules"],

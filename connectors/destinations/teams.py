@@ -73,7 +73,8 @@ class TeamsWorkflowDestination:
         first = int(task.get("revision") or 0) <= 1
         if link is not None or not first or task.get("status") != "open" or not urgent:
             # Not a new urgent case, or already announced: nothing to post.
-            return DeliveryResult(link.external_id if link else None, None, {"op": "none"})
+            detail = {"op": "none", "sent": False}  # nothing left: no disclosure is recorded
+            return DeliveryResult(link.external_id if link else None, None, detail)
         self.http.request("POST", self.cfg.url, safe=False, json=card(subject, task))
         return DeliveryResult(f"card:{subject}", None, {"op": "posted"})
 
