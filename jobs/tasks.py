@@ -33,3 +33,12 @@ def dispatch_job(engine: Engine, settings: Settings) -> None:
         log.info(
             "job.dispatch", delivered=report.delivered, retried=report.retried, dead=report.dead
         )
+
+
+def tool_poll_job(engine: Engine, settings: Settings) -> None:
+    """Status people changed in staff tools that cannot call us (Sheets, Planner)."""
+    from service.tool_status import poll_tools
+
+    outcomes = poll_tools(engine, settings)
+    if outcomes:
+        log.info("job.tool_poll", **dict(outcomes))

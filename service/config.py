@@ -196,6 +196,8 @@ class PolicyConfig(Strict):
 class ScheduleConfig(Strict):
     sync_cron: str = "0 2 * * *"
     dispatch_interval_seconds: int = Field(60, ge=1)
+    # How often staff tools without webhooks (Google Sheets, Planner) are asked for status.
+    tool_poll_interval_seconds: int = Field(300, ge=10)
 
 
 class Settings(Strict):
