@@ -10,8 +10,10 @@ replayed; and a row marked done in the sheet closes the case everywhere.
 from __future__ import annotations
 
 import base64
+import json
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +21,9 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from sqlalchemy import Engine, delete, select, update
+from standardwebhooks.webhooks import Webhook
 
+from service.api import create_app
 from service.config import Settings, parse_settings
 from service.models import Case, CaseEvent, DeliveryLink, Disclosure, OutboxItem
 from service.pipeline import open_engine, run_dispatch, run_evaluate, run_sync
@@ -34,6 +38,7 @@ from tests.fixtures.tool_servers import (
 )
 
 DEMO_DATA = ROOT / "config" / "sample-data"
+STATUS_SECRET = "whsec_" + base64.b64encode(b"planner-flow-status-secret-01").decode()
 SECRET = "whsec_" + base64.b64encode(b"end-to-end-webhook-secret-0123").decode()
 NO_WAIT = {"base_delay_seconds": 0, "max_delay_seconds": 0}
 SERVICE_ACCOUNT = "casebridge@district-project.iam.gserviceaccount.com"
@@ -58,7 +63,7 @@ class Tools:
              "graph_base_url": f"{self.planner.base_url}/v1.0",
              "plan_id": "plan-A", "bucket_id": "bucket-new",
              "routes": [{"schools": ["102"], "plan_id": "plan-B", "bucket_id": "bucket-b"}],
-             **FAST},
+             "status_secret": STATUS_SECRET, **FAST},
             {"name": "sheets", "kind": "google_sheets", "spreadsheet_id": "sheet-1",
              "client_email": SERVICE_ACCOUNT, "private_key": self.private_pem,
              "token_url": f"{self.sheets.base_url}/token", "base_url": self.sheets.base_url,
@@ -263,6 +268,32 @@ def test_demo_cases_land_once_in_every_tool_follow_the_case_and_survive_a_replay
     assert history == [("closed", "sheets", None), ("closed", "planner", "u-rivera")]
     assert zendesk_tickets(tools)[finished]["status"] == "solved"
     assert sheet_rows(tools)[finished][1] == "closed"
+
+    # A case is reassigned from a tool (signed status report): Planner shows only the new one.
+    moved = next(
+        s
+        for s in sorted(opened)[2:]
+        if (tools.hooks.tasks()[s]["assignee"] or {}).get("staff_id") == "cm-rivera"
+    )
+    before = set(planner_tasks(tools)[moved]["assignments"])
+    report_body = json.dumps({"type": "task.status", "data": {
+        "task_id": moved, "action": "reassigned", "actor": "principal@district.example.org",
+        "assignee": "dokafor@district.example.org"}}).encode()  # fmt: skip
+    now = datetime.now(UTC)
+    signed = {"webhook-id": "flow-1", "webhook-timestamp": str(int(now.timestamp())),
+              "webhook-signature": Webhook(STATUS_SECRET).sign("flow-1", now,
+                                                                report_body.decode()),
+              "Content-Type": "application/json"}  # fmt: skip
+    answer = (
+        create_app(settings, engine)
+        .test_client()
+        .post("/tools/planner/status", data=report_body, headers=signed)
+    )
+    assert answer.json == {"outcome": "reassigned", "duplicate": False}
+    run_dispatch(engine, settings)
+    assert before == {"u-rivera"}
+    assert set(planner_tasks(tools)[moved]["assignments"]) == {"u-okafor"}
+    assert tools.hooks.tasks()[moved]["assignee"]["name"] == "Daniel Okafor"
 
     # Every other case recovers and closes: every tool shows it closed, still one item each.
     settings = configured(db_url, data, tmp_path / "out", tools, rules=[],

@@ -148,13 +148,24 @@ class PlannerDestination:
             task_id, etag, op = created["id"], created.get("@odata.etag"), "create"
         else:
             task_id, etag, op = link.external_id, link.version, "update"
-            etag = self._patch(f"{self.base}/planner/tasks/{task_id}", fields, etag)
+            url = f"{self.base}/planner/tasks/{task_id}"
+            etag, saved = self._patch(url, fields, etag)
+            # Reassigned: Planner merges assignments, so the previous case manager is removed
+            # explicitly (null), once the answer shows who else is still assigned.
+            others = [u for u, a in (saved.get("assignments") or {}).items()
+                      if a is not None and u not in fields.get("assignments", {})]  # fmt: skip
+            if fields.get("assignments") and others:
+                etag, _ = self._patch(url, {"assignments": dict.fromkeys(others)}, etag)
         details = f"{self.base}/planner/tasks/{task_id}/details"
         self._patch(details, {"description": task_text(task)})
         return DeliveryResult(task_id, etag, {"op": op})
 
-    def _patch(self, url: str, fields: dict[str, Any], etag: str | None = None) -> str | None:
-        """PATCH with If-Match; on 412 (changed in Planner meanwhile) re-read and try again."""
+    def _patch(
+        self, url: str, fields: dict[str, Any], etag: str | None = None
+    ) -> tuple[str | None, dict[str, Any]]:
+        """PATCH with If-Match; on 412 (changed in Planner meanwhile) re-read and try again.
+
+        Returns the new ETag and the item as Planner now has it (empty on a 204)."""
         for _ in range(MAX_CONFLICTS):
             if etag is None:
                 etag = self.http.request("GET", url, safe=True).json().get("@odata.etag")
@@ -166,8 +177,9 @@ class PlannerDestination:
                 etag = None
                 continue
             if resp.status_code == 200 and resp.content:
-                return resp.json().get("@odata.etag")
-            return None
+                body: dict[str, Any] = resp.json()
+                return body.get("@odata.etag"), body
+            return None, {}
         raise TransientError(f"{self.name}: the task kept changing in Planner (412 x3)")
 
     def find(self, subject: str) -> Link | None:
