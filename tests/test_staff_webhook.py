@@ -7,6 +7,8 @@ case closed or reassigned when someone did it in their tool, and who did it in t
 from __future__ import annotations
 
 import base64
+import hashlib
+import hmac
 import json
 import time
 from collections.abc import Iterator
@@ -242,3 +244,58 @@ def test_a_failing_tool_is_paused_and_the_other_tools_still_get_their_tasks(
     # The two failures before the pause retry on the usual backoff; the rest wait it out.
     assert len(after_pause) == len(cases) - 2
     assert sum("paused" in (w.last_error or "") for w in waiting) == len(cases) - 3
+
+
+def zendesk_signed(event: dict[str, Any], invocation: str, secret: str = "zd-signing",
+                   at: datetime | None = None) -> tuple[bytes, dict[str, str]]:  # fmt: skip
+    """A Zendesk webhook delivery, signed the way Zendesk signs (timestamp + body)."""
+    body = json.dumps(event).encode()
+    stamp = (at or datetime.now(UTC)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    mac = hmac.new(secret.encode(), stamp.encode() + body, hashlib.sha256).digest()
+    return body, {
+        "X-Zendesk-Webhook-Signature": base64.b64encode(mac).decode(),
+        "X-Zendesk-Webhook-Signature-Timestamp": stamp,
+        "X-Zendesk-Webhook-Invocation-Id": invocation,
+        "Content-Type": "application/json",
+    }
+
+
+def test_a_zendesk_trigger_solving_or_reassigning_a_ticket_updates_the_case(
+    db_url: str, district: Path, tmp_path: Path
+) -> None:
+    zendesk = {"name": "zendesk", "kind": "zendesk", "base_url": "http://127.0.0.1:9",
+               "email": "cb@district.example.org", "api_token": "t",
+               "webhook_signing_secret": "zd-signing"}  # fmt: skip
+    settings, engine = evaluated(db_url, district, tmp_path / "out", [zendesk])
+    subject = sorted(open_cases(engine))[0]
+    client = create_app(settings, engine).test_client()
+    solved = {"external_id": subject, "status": "solved", "actor": "arivera@district.example.org"}
+
+    body, headers = zendesk_signed(solved, "inv-1")
+    first = client.post("/tools/zendesk/status", data=body, headers=headers)
+    again = client.post("/tools/zendesk/status", data=body, headers=headers)  # Zendesk retries
+    forged = zendesk_signed(solved, "inv-2", secret="not-the-secret")
+    stale = zendesk_signed(solved, "inv-3", at=datetime.now(UTC) - timedelta(minutes=10))
+
+    assert first.json == {"outcome": "closed", "duplicate": False}
+    assert again.json == {"outcome": "closed", "duplicate": True}
+    for refused in (forged, stale):
+        assert client.post("/tools/zendesk/status", data=refused[0],
+                           headers=refused[1]).status_code == 401  # fmt: skip
+    assert subject not in open_cases(engine)
+
+    with engine.connect() as conn:
+        current = conn.execute(select(Case.assignee_id).where(Case.id == int(subject[5:]))).scalar()
+    other = "dokafor" if current != "cm-okafor" else "arivera"
+    moved = {"event": "assignee_changed", "external_id": subject, "status": "solved",
+             "assignee_email": f"{other}@district.example.org",
+             "actor": "lead@district.org"}  # fmt: skip
+    body, headers = zendesk_signed(moved, "inv-4")
+    assert client.post("/tools/zendesk/status", data=body, headers=headers).json == {
+        "outcome": "reassigned", "duplicate": False}  # fmt: skip
+    with engine.connect() as conn:
+        history = conn.execute(select(CaseEvent.kind, CaseEvent.actor, CaseEvent.via)
+                               .where(CaseEvent.via == "zendesk")
+                               .order_by(CaseEvent.id)).all()  # fmt: skip
+    assert history == [("closed", "arivera@district.example.org", "zendesk"),
+                       ("reassigned", "lead@district.org", "zendesk")]  # fmt: skip

@@ -17,6 +17,7 @@
 
 from __future__ import annotations
 
+import json
 import random
 import threading
 import time
@@ -29,6 +30,7 @@ from pydantic import Field
 from requests.auth import AuthBase
 from urllib3.exceptions import NewConnectionError
 
+from connectors.destinations import signing
 from connectors.http import RateLimiter, retry_after_seconds
 from service.config import DestinationSettings
 from service.errors import OutcomeUnknown, PermanentError, TransientError
@@ -51,6 +53,21 @@ class HttpDestinationSettings(DestinationSettings):
     # Shared secret (Standard Webhooks, `whsec_...`) with which the tool signs status reports
     # sent to `POST /tools/<name>/status`; none: the endpoint refuses this destination.
     status_secret: str | None = None
+
+    def read_status(self, headers: Mapping[str, str], body: bytes) -> tuple[str, Any]:
+        """A signed status report from this tool: its message id and our report format.
+
+        Standard Webhooks with `status_secret` here; a kind whose tool signs its own way
+        (Zendesk) overrides this. Raises `LookupError` when the tool may not report status,
+        `signing.SignatureError` when the request does not check out.
+        """
+        if not self.status_secret:
+            raise LookupError(f"destination {self.name!r} accepts no status reports")
+        message_id = signing.verify(self.status_secret, headers, body)
+        try:
+            return message_id, json.loads(body)
+        except ValueError:
+            return message_id, None
 
 
 class CircuitBreaker:

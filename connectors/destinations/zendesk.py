@@ -15,11 +15,16 @@ guard. zenpy is not used: it has no Idempotency-Key support and retries 429s on 
 from __future__ import annotations
 
 import base64
-from datetime import datetime
+import hashlib
+import hmac
+import json
+from collections.abc import Mapping
+from datetime import UTC, datetime
 from typing import Any, Literal
 
 from connectors.base import DeliveryResult, Idempotency, Link, Reconciled
 from connectors.destinations.http_base import HttpDestinationSettings, ToolHttp
+from connectors.destinations.signing import TOLERANCE_SECONDS, SignatureError
 from connectors.destinations.task_text import task_text
 from connectors.registry import register
 from service.config import Settings
@@ -37,6 +42,46 @@ class ZendeskSettings(HttpDestinationSettings):
     api_token: str  # from ${ENV}
     group_id: int | None = None
     tags: list[str] = ["casebridge"]
+    # The signing secret of a Zendesk webhook that a trigger calls on status or assignee changes
+    # (POST /tools/<name>/status); see docs/destinations.md for the trigger's JSON body.
+    webhook_signing_secret: str | None = None
+
+    def read_status(self, headers: Mapping[str, str], body: bytes) -> tuple[str, Any]:
+        lowered = {k.lower(): v for k, v in headers.items()}
+        signature = lowered.get("x-zendesk-webhook-signature")
+        if signature is None or not self.webhook_signing_secret:
+            return super().read_status(headers, body)  # Standard Webhooks, if configured
+        stamp = lowered.get("x-zendesk-webhook-signature-timestamp", "")
+        mac = hmac.new(self.webhook_signing_secret.encode(), stamp.encode() + body, hashlib.sha256)
+        if not hmac.compare_digest(base64.b64encode(mac.digest()).decode(), signature):
+            raise SignatureError("the Zendesk webhook signature does not match")
+        try:
+            sent = datetime.fromisoformat(stamp.replace("Z", "+00:00"))
+        except ValueError:
+            raise SignatureError("the Zendesk signature timestamp is not a time") from None
+        if abs((datetime.now(UTC) - sent).total_seconds()) > TOLERANCE_SECONDS:
+            raise SignatureError("the Zendesk signature timestamp is outside five minutes")
+        # Zendesk retries a delivery with the same invocation id.
+        message_id = (
+            lowered.get("x-zendesk-webhook-invocation-id")
+            or hashlib.sha256(stamp.encode() + body).hexdigest()
+        )
+        return message_id, translate_trigger(json.loads(body or b"null"))
+
+
+def translate_trigger(event: Any) -> Any:
+    """The trigger's JSON (placeholders filled by Zendesk) as our `task.status` report."""
+    if not isinstance(event, dict):
+        return None
+    status = str(event.get("status") or "").lower()
+    data: dict[str, Any] = {"task_id": event.get("external_id"), "actor": event.get("actor")}
+    if event.get("event") == "assignee_changed":
+        data.update(action="reassigned", assignee=event.get("assignee_email"))
+    elif status in ("solved", "closed"):
+        data["action"] = "completed"
+    elif status in ("new", "open", "pending", "hold"):
+        data["action"] = "reopened"
+    return {"type": "task.status", "data": {k: v for k, v in data.items() if v}}
 
 
 class ZendeskDestination:
