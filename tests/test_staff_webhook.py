@@ -18,11 +18,14 @@ from typing import Any
 
 import jsonschema
 import pytest
+import yaml
+from click.testing import CliRunner
 from sqlalchemy import Engine, select
 from standardwebhooks.webhooks import Webhook
 
 from connectors.destinations import signing
 from service.api import create_app
+from service.cli import main
 from service.config import Settings, parse_settings
 from service.models import Case, CaseEvent, OutboxItem
 from service.pipeline import open_engine, run_dispatch, run_evaluate, run_sync
@@ -299,3 +302,33 @@ def test_a_zendesk_trigger_solving_or_reassigning_a_ticket_updates_the_case(
                                .order_by(CaseEvent.id)).all()  # fmt: skip
     assert history == [("closed", "arivera@district.example.org", "zendesk"),
                        ("reassigned", "lead@district.org", "zendesk")]  # fmt: skip
+
+
+def test_a_tool_that_refuses_us_dead_letters_then_is_listed_and_re_driven_from_the_cli(
+    db_url: str, district: Path, tmp_path: Path, receiver: WebhookReceiver
+) -> None:
+    url = f"{receiver.base_url}/hooks"
+    hooks = webhook_destination(url)
+    settings, engine = evaluated(db_url, district, tmp_path / "out", [hooks])
+    cases = open_cases(engine)
+    receiver.faults.append(Fault("/hooks", status=403, times=len(cases)))  # a revoked key
+
+    report = run_dispatch(engine, settings)
+    assert report.dead == len(cases) and receiver.tasks() == {}
+
+    raw = raw_config_for(db_url, district, tmp_path / "out", destinations=[hooks], channels=[])
+    config = write(tmp_path / "d.yaml", raw)
+    listed = CliRunner().invoke(main, ["--config", str(config), "outbox", "list", "--dead"])
+    assert listed.exit_code == 0, listed.output
+    assert listed.output.count("hooks") >= len(cases) and "403" in listed.output
+    retried = CliRunner().invoke(main, ["--config", str(config), "outbox", "retry", "--status",
+                                        "dead"])  # fmt: skip
+    assert f"{len(cases)} item(s) queued again" in retried.output
+
+    report = run_dispatch(engine, settings)  # the key was fixed at the tool's end
+    assert report.delivered == len(cases) and set(receiver.tasks()) == cases
+
+
+def write(path: Path, raw: dict[str, Any]) -> Path:
+    path.write_text(yaml.safe_dump(raw), encoding="utf-8")
+    return path
