@@ -10,7 +10,7 @@ from apscheduler.schedulers.blocking import BlockingScheduler
 from apscheduler.triggers.cron import CronTrigger
 from sqlalchemy import Connection, Engine, text
 
-from jobs.tasks import dispatch_job, nightly_job, tool_poll_job
+from jobs.tasks import dispatch_job, nightly_job
 from service.config import Settings
 from service.pipeline import open_engine
 
@@ -46,15 +46,6 @@ def build_scheduler(engine: Engine, settings: Settings) -> BlockingScheduler:
         seconds=settings.schedules.dispatch_interval_seconds,
         args=(engine, settings),
         id="dispatch",
-        max_instances=1,
-        coalesce=True,
-    )
-    sched.add_job(
-        tool_poll_job,
-        "interval",
-        seconds=settings.schedules.tool_poll_interval_seconds,
-        args=(engine, settings),
-        id="tool_poll",
         max_instances=1,
         coalesce=True,
     )

@@ -36,7 +36,10 @@ def dispatch_job(engine: Engine, settings: Settings) -> None:
 
 
 def tool_poll_job(engine: Engine, settings: Settings) -> None:
-    """Status people changed in staff tools that cannot call us (Sheets, Planner)."""
+    """Status people changed in staff tools that cannot call us (Sheets, Planner).
+
+    To be scheduled every `schedules.tool_poll_interval_seconds` next to the dispatch job (left
+    to the merge: the scheduler is being rewritten on main)."""
     from service.tool_status import poll_tools
 
     outcomes = poll_tools(engine, settings)
