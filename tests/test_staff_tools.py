@@ -67,7 +67,7 @@ class Tools:
             {"name": "sheets", "kind": "google_sheets", "spreadsheet_id": "sheet-1",
              "client_email": SERVICE_ACCOUNT, "private_key": self.private_pem,
              "token_url": f"{self.sheets.base_url}/token", "base_url": self.sheets.base_url,
-             **FAST},
+             "requests_per_second": None, **FAST},
             {"name": "zendesk", "kind": "zendesk", "base_url": self.zendesk.base_url,
              "email": "cb@district.example.org", "api_token": "zd-tok", **FAST},
         ]  # fmt: skip

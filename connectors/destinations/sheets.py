@@ -24,6 +24,7 @@ from urllib.parse import quote
 
 import jwt
 import requests
+from pydantic import Field
 
 from connectors.base import DeliveryResult, Idempotency, Link, Reconciled
 from connectors.destinations.http_base import (
@@ -48,6 +49,8 @@ class SheetsSettings(HttpDestinationSettings):
     """A Google Sheets case tracker (one row per case; staff edit the Status column)."""
 
     kind: Literal["google_sheets"]
+    # Sheets allows 60 reads and 60 writes a minute per user: stay under it instead of 429s.
+    requests_per_second: float | None = Field(1.0, gt=0)
     spreadsheet_id: str
     sheet: str = "Cases"
     client_email: str  # the service account
