@@ -332,3 +332,36 @@ def test_a_tool_that_refuses_us_dead_letters_then_is_listed_and_re_driven_from_t
 def write(path: Path, raw: dict[str, Any]) -> Path:
     path.write_text(yaml.safe_dump(raw), encoding="utf-8")
     return path
+
+
+def test_a_case_closed_in_a_tool_stays_closed_at_the_next_evaluation_unless_something_new_fires(
+    db_url: str, district: Path, tmp_path: Path, receiver: WebhookReceiver
+) -> None:
+    url = f"{receiver.base_url}/hooks"
+    settings, engine = evaluated(db_url, district, tmp_path / "out", [webhook_destination(url)])
+    subject = sorted(open_cases(engine))[0]
+    case_id = int(subject[5:])
+    client = create_app(settings, engine).test_client()
+    done = {"type": "task.status", "data": {"task_id": subject, "action": "completed"}}
+    body, headers = signed_status(done, "evt-close")
+    assert (
+        client.post("/tools/hooks/status", data=body, headers=headers).json["outcome"] == "closed"
+    )
+
+    run_evaluate(engine, settings)  # the next night: the same reasons still fire
+
+    with engine.connect() as conn:
+        student = conn.execute(select(Case.student_id).where(Case.id == case_id)).scalar()
+        rows = conn.execute(select(Case.id, Case.status).where(Case.student_id == student)).all()
+    assert rows == [(case_id, "closed")]  # not reopened, and no second case either
+
+    raw = raw_config_for(db_url, district, tmp_path / "out", channels=[],
+                         destinations=[webhook_destination(url)])  # fmt: skip
+    raw["rules"] = [*raw["rules"], {"id": "any-enrollment", "when": "enrolled_days >= 0",
+                                    "reason": "watch_list", "severity": "low"}]  # fmt: skip
+    run_evaluate(engine, parse_settings(raw, "t.yaml", district))  # a reason new to the case
+
+    with engine.connect() as conn:
+        rows = conn.execute(select(Case.id, Case.status, Case.reopen_count)
+                            .where(Case.student_id == student)).all()  # fmt: skip
+    assert rows == [(case_id, "open", 1)]
