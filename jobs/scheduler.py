@@ -24,7 +24,7 @@ from apscheduler.schedulers.blocking import BlockingScheduler
 from sqlalchemy import Connection, Engine, insert, text, update
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
-from jobs.tasks import dispatch_job, nightly_job
+from jobs.tasks import dispatch_job, nightly_job, tool_poll_job
 from service.clock import utcnow
 from service.config import Settings, cron_trigger
 from service.models import JobRun, SchedulerHeartbeat
@@ -142,6 +142,10 @@ class Scheduler:
         if self._still_leading():
             dispatch_job(self.engine, self.settings)
 
+    def _run_tool_poll(self) -> None:
+        if self._still_leading():
+            tool_poll_job(self.engine, self.settings)
+
     def _still_leading(self) -> bool:
         if self.leadership.alive():
             return True
@@ -176,6 +180,10 @@ class Scheduler:
         self.sched.add_job(
             self._run_dispatch, "interval",
             seconds=self.settings.schedules.dispatch_interval_seconds, id="dispatch", **common,
+        )  # fmt: skip
+        self.sched.add_job(
+            self._run_tool_poll, "interval",
+            seconds=self.settings.schedules.tool_poll_interval_seconds, id="tool-poll", **common,
         )  # fmt: skip
         self.sched.add_job(
             lambda: beat(self.engine, elected), "interval",

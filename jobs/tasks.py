@@ -51,3 +51,14 @@ def dispatch_job(engine: Engine, settings: Settings) -> None:
         log.info(
             "job.dispatch", delivered=report.delivered, retried=report.retried, dead=report.dead
         )
+
+
+def tool_poll_job(engine: Engine, settings: Settings) -> None:
+    """Status people changed in staff tools that cannot call us (Sheets, Planner).
+
+    The leading scheduler runs it every `schedules.tool_poll_interval_seconds`."""
+    from service.tool_status import poll_tools
+
+    outcomes = poll_tools(engine, settings)
+    if outcomes:
+        log.info("job.tool_poll", **dict(outcomes))

@@ -7,6 +7,7 @@ from typing import Any
 from flask import Flask, jsonify
 from sqlalchemy import Engine, text
 
+from service import tool_webhooks
 from service.config import Settings, load_settings
 from service.pipeline import open_engine
 
@@ -20,6 +21,7 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
     from service.webhooks import blueprint as families  # Twilio webhooks, email unsubscribe
 
     app.register_blueprint(families)
+    app.register_blueprint(tool_webhooks.bp)  # staff tools report task status back
 
     @app.get("/healthz")
     def healthz() -> Any:

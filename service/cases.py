@@ -234,6 +234,7 @@ class CaseBook:
                 .order_by(Case.closed_at)
             )
             recent.update({sid: cid for sid, cid in self.conn.execute(q)})
+        self._respect_closes_in_tools(fired, recent)
         if not recent:
             return
         ids = list(recent.values())
@@ -253,6 +254,34 @@ class CaseBook:
                 self.open[sid] = case
                 self.changed.setdefault(sid, set())
                 self.report.cases_reopened += 1
+
+    def _respect_closes_in_tools(
+        self, fired: dict[str, list[Fired]], recent: dict[str, int]
+    ) -> None:
+        """A case a person closed in a staff tool stays closed through the cooldown unless a
+        reason new to it fires; the same reasons neither reopen it nor open another case."""
+        if not recent:
+            return
+        ids = list(recent.values())
+        by_person = set(
+            self.conn.execute(
+                select(Case.id).where(Case.id.in_(ids), Case.close_reason == "closed_in_tool")
+            ).scalars()
+        )
+        if not by_person:
+            return
+        known: dict[int, set[str]] = {}
+        for case_id, rule_id in self.conn.execute(
+            select(Referral.case_id, Referral.rule_id).where(Referral.case_id.in_(by_person))
+        ):
+            if rule_id:  # person-based referrals have no rule
+                known.setdefault(case_id, set()).add(rule_id)
+        for sid, case_id in list(recent.items()):
+            if case_id not in by_person:
+                continue
+            if {hit.rule.config.id for hit in fired[sid]} <= known.get(case_id, set()):
+                del recent[sid]
+                del fired[sid]  # nothing new since the person closed it
 
     def open_new(self, fired: dict[str, list[Fired]], students: dict[str, dict[str, Any]]) -> None:
         """A case for every flagged student without one, assigned least-loaded first."""

@@ -494,6 +494,25 @@ def connectors_cmd() -> None:
         console.print(table)
 
 
+@main.group("tools")
+def tools_group() -> None:
+    """Staff tools: status coming back from tools that cannot call us (Google Sheets)."""
+
+
+@tools_group.command("poll")
+@click.pass_context
+def tools_poll(ctx: click.Context) -> None:
+    """Read status changes people made in polled tools and apply them to the cases."""
+    from service.tool_status import poll_tools
+
+    settings = _settings(ctx)
+    outcomes = poll_tools(_engine(settings), settings)
+    for outcome, n in sorted(outcomes.items()):
+        console.print(f"{outcome}: {n}")
+    if not outcomes:
+        console.print("no changes in the staff tools")
+
+
 @main.group("outbox")
 def outbox_group() -> None:
     """Look at outbox items and resolve the ones that need a person."""
@@ -511,16 +530,18 @@ OUTBOX_STATUSES = ("pending", "sending", "delivered", "dead", "needs_review", "s
     help="Only items in this status (repeatable). Default: all but delivered.",
 )
 @click.option("--case", "case_id", type=int, help="Only this case's items.")
+@click.option("--dead", is_flag=True, help="Only dead-lettered items (same as --status dead).")
 @click.option("--limit", default=50, show_default=True)
 @click.pass_context
 def outbox_list(
-    ctx: click.Context, status: tuple[str, ...], case_id: int | None, limit: int
+    ctx: click.Context, status: tuple[str, ...], case_id: int | None, dead: bool, limit: int
 ) -> None:
     """Items with their status and the reason for it (ids only: no student data)."""
     from service.outbox_admin import list_items
 
     engine = _engine(_settings(ctx.find_root()))
-    wanted = list(status) or [s for s in OUTBOX_STATUSES if s != "delivered"]
+    status = (*status, "dead") if dead else status
+    wanted = list(dict.fromkeys(status)) or [s for s in OUTBOX_STATUSES if s != "delivered"]
     rows = list_items(engine, wanted, case_id, limit)
     table = Table(title=f"Outbox ({', '.join(wanted)})")
     for col in ("id", "kind", "target", "case", "contact", "status", "reason / last error",

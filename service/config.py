@@ -114,6 +114,10 @@ class CaseConfig(Strict):
     cooldown_days: int = Field(30, ge=0)
     # An open case whose reasons stopped firing closes after this many days without a relapse.
     recovery_days: int = Field(14, ge=0)
+    # The first 1:1 meeting is due this many instructional days (school calendar) after opening.
+    first_meeting_school_days: int = Field(5, ge=1)
+    # A link back to the case in staff tasks, e.g. "https://cases.district.org/cases/{case_id}".
+    link_template: str | None = None
 
 
 class CaseloadConfig(Strict):
@@ -245,6 +249,8 @@ class ScheduleConfig(Strict):
     sync_cron: str = "0 2 * * *"
     # How often a scheduler (or `casebridge worker`) delivers the outbox.
     dispatch_interval_seconds: int = Field(60, ge=1)
+    # How often staff tools without webhooks (Google Sheets, Planner) are asked for status.
+    tool_poll_interval_seconds: int = Field(300, ge=10)
     # A standby scheduler tries to take the lead this often; the leader beats this often.
     standby_poll_seconds: float = Field(5.0, gt=0)
     heartbeat_seconds: float = Field(5.0, gt=0)

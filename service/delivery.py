@@ -331,6 +331,10 @@ class Deliverer:
                 found = destination.find(subject)
                 if found is None:
                     return Reconciled("not_sent")
+                if getattr(destination, "update_after_find", False):
+                    # The create landed but the rest of the upsert may not have (Planner writes
+                    # its details in a second call): send it again, now as an update of `found`.
+                    return Reconciled("not_sent", detail="found; updated to be complete")
                 return Reconciled("sent", DeliveryResult(found.external_id, found.version))
             return destination.reconcile(item.idempotency_key, subject, since)
         channel = self.channels.get(record.get("channel") or item.target)
@@ -357,6 +361,8 @@ class Deliverer:
             self._queue_follow_up(conn, item, record, now)
         if not item.student_id:
             return
+        if result.detail.get("sent") is False:
+            return  # the target chose to send nothing (a Teams card for a non-urgent case)
         if item.kind == TASK_UPSERT:
             disclosure = {
                 "recipient": f"staff tool {item.target}",

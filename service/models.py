@@ -391,6 +391,9 @@ class CaseEvent(Base):
     kind: Mapped[str] = mapped_column(String(32))
     detail: Mapped[dict[str, Any]] = mapped_column(Json, default=dict)
     at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    # Who changed the case and where, when a person did it in a staff tool (None: evaluation).
+    actor: Mapped[str | None] = mapped_column(String(255))
+    via: Mapped[str | None] = mapped_column(String(64))
 
 
 class OutboxItem(Base):
@@ -609,3 +612,15 @@ class ResourceLink(Base):
     language: Mapped[str] = mapped_column(String(16))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class ToolStatusReceipt(Base):
+    """A status report from a staff tool, kept so a redelivered webhook changes nothing twice."""
+
+    __tablename__ = "tool_status_receipts"
+    source: Mapped[str] = mapped_column(String(64), primary_key=True)  # the destination's name
+    message_id: Mapped[str] = mapped_column(String(255), primary_key=True)  # webhook-id
+    # No foreign key on purpose: a report naming an unknown case is recorded as refused.
+    case_id: Mapped[int | None] = mapped_column(SerialId)
+    outcome: Mapped[str] = mapped_column(String(32))
+    received_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))

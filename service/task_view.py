@@ -2,24 +2,34 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+import re
+from datetime import UTC, date, datetime, timedelta
 from typing import Any
+from zoneinfo import ZoneInfo
 
+import rule_engine
 from sqlalchemy import Connection, select
 
 from service.config import Settings
+from service.indicator_names import INDICATORS
 from service.intents import case_subject
-from service.models import Case, Referral, School, Student
+from service.models import CalendarDay, Case, Referral, School, Student
 
 REASON_FIELDS = ("rule_id", "rule_version", "reason", "severity", "evidence", "origin",
-                 "rule_expression")  # fmt: skip
+                 "rule_expression", "resource_categories")  # fmt: skip
 # What each kind of evidence discloses, for the 34 CFR 99.32 record.
 EVIDENCE_CATEGORIES = (
     ("absent", "attendance"),
+    ("absence", "attendance"),
+    ("attendance", "attendance"),
+    ("enrolled", "attendance"),
     ("failures", "grades"),
     ("incidents", "discipline"),
     ("suspensions", "discipline"),
 )
+# Indicators that are read together as one sentence about attendance.
+ABSENCE_GROUP = frozenset({"chronically_absent", "approaching_chronic_absence", "absence_rate",
+                           "attendance_rate", "absent_days", "enrolled_days"})  # fmt: skip
 
 
 def iso(moment: datetime | None) -> str | None:
@@ -65,6 +75,140 @@ def case_reasons(conn: Connection, case_id: int) -> list[dict[str, Any]]:
     return out
 
 
+def _count(value: Any) -> int:
+    return round(float(value or 0))
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}" if n == 1 else f"{n} {word}s"
+
+
+def used_indicators(expression: str | None) -> list[str]:
+    """The indicator names a rule's expression reads, in vocabulary order."""
+    words = set(re.findall(r"[A-Za-z_][A-Za-z0-9_]*", expression or ""))
+    return [name for name in INDICATORS if name in words]
+
+
+def evidence_lines(settings: Settings, used: list[str], values: dict[str, Any]) -> list[str]:
+    """What a counselor reads: "missed 13 of 69 school days (19%)", not `absence_rate: 0.188`."""
+    window = settings.indicators.discipline_window_days
+    lines: list[str] = []
+    if ABSENCE_GROUP & set(used):
+        absent, enrolled = _count(values.get("absent_days")), _count(values.get("enrolled_days"))
+        rate = f" ({round(100 * absent / enrolled)}%)" if enrolled else ""
+        lines.append(f"missed {absent} of {enrolled} school days{rate}")
+    if {"unexcused_absent_days", "unexcused_absence_rate"} & set(used):
+        n, enrolled = (
+            _count(values.get("unexcused_absent_days")),
+            _count(values.get("enrolled_days")),
+        )
+        rate = f" ({round(100 * n / enrolled)}%)" if enrolled else ""
+        lines.append(f"{_plural(n, 'unexcused absence')} in {enrolled} school days{rate}")
+    texts = {
+        "excused_absent_days": lambda n: f"{_plural(n, 'day')} with an excused absence",
+        "suspension_absent_days": lambda n: f"{_plural(n, 'day')} absent while suspended",
+        "course_failures": lambda n: f"failing {_plural(n, 'course')} this grading period",
+        "core_course_failures": lambda n: (
+            f"failing {_plural(n, 'core course')} "
+            f"({', '.join(_subject_names(settings))}) this grading period"
+        ),
+        "discipline_incidents": lambda n: (
+            f"{_plural(n, 'discipline incident')} in the last {window} days"
+        ),
+        "suspensions": lambda n: (
+            f"{_plural(n, 'out-of-school suspension or expulsion')} in the last {window} days"
+        ),
+        "state_reportable_incidents": lambda n: (
+            f"{_plural(n, 'state-reportable incident')} in the last {window} days"
+        ),
+    }
+    for name in used:
+        if name in texts:
+            lines.append(texts[name](_count(values.get(name))))
+    return lines
+
+
+def _shown(name: str, value: Any) -> Any:
+    """A yes/no indicator as a boolean, a count as an integer, a rate rounded."""
+    if INDICATORS[name][0] == rule_engine.DataType.BOOLEAN:
+        return bool(value)
+    if isinstance(value, float):
+        return round(value) if value.is_integer() else round(value, 3)
+    return value
+
+
+def _reason_view(settings: Settings, raw: dict[str, Any]) -> dict[str, Any]:
+    """One reason with only the evidence its rule used, in human units."""
+    evidence = raw.get("evidence") or {}
+    values = evidence.get("indicators") or {}
+    used = used_indicators(raw.get("rule_expression"))
+    if ABSENCE_GROUP & set(used):  # the sentence needs both counts
+        used = [*used, *(n for n in ("absent_days", "enrolled_days") if n not in used)]
+    shown = {n: _shown(n, values[n]) for n in used if n in values and n != "grade_level"}
+    view = {
+        "rule_id": raw.get("rule_id"),
+        "rule_version": raw.get("rule_version"),
+        "reason": raw.get("reason"),
+        "severity": raw.get("severity"),
+        "origin": raw.get("origin"),
+        "since": raw.get("created_at"),
+        "evidence": {"as_of": evidence.get("as_of"), "indicators": shown} if shown else {},
+        "evidence_summary": [{"text": t} for t in evidence_lines(settings, used, values)],
+    }
+    if raw.get("origin") == "person" and evidence.get("note"):
+        view["note"] = evidence["note"]
+    return view
+
+
+def suggested_resources(settings: Settings, reasons: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Each configured resource in a reason's categories, once, with the reasons it is for."""
+    out: dict[str, dict[str, Any]] = {}
+    for reason in reasons:
+        label = str(reason.get("reason") or "").replace("_", " ")
+        for category in reason.get("resource_categories") or []:
+            for r in settings.resources:
+                if r.category != category:
+                    continue
+                entry = out.setdefault(r.id, {
+                    "id": r.id, "name": r.name, "category": r.category, "phone": r.phone or None,
+                    "url": r.url or None, "description": r.description.get("en"), "for": [],
+                })  # fmt: skip
+                if label not in entry["for"]:
+                    entry["for"].append(label)
+    for entry in out.values():
+        entry["why"] = ", ".join(entry["for"])
+    return list(out.values())
+
+
+def school_days_after(
+    conn: Connection, school_id: str | None, start: date, count: int
+) -> date | None:
+    """The `count`-th instructional day after `start` in the school's calendar (None: unknown)."""
+    if not school_id:
+        return None
+    days = conn.execute(
+        select(CalendarDay.day)
+        .where(CalendarDay.school_id == school_id, CalendarDay.instructional,
+               CalendarDay.active, CalendarDay.day > start)
+        .order_by(CalendarDay.day)
+        .limit(count)
+    ).scalars().all()  # fmt: skip
+    return days[-1] if len(days) == count else None
+
+
+def weekdays_after(start: date, count: int) -> date:
+    day = start
+    while count:
+        day += timedelta(days=1)
+        count -= day.weekday() < 5
+    return day
+
+
+def _subject_names(settings: Settings) -> list[str]:
+    """Each configured core subject by its first name (an entry may list names and codes)."""
+    return [s if isinstance(s, str) else s[0] for s in settings.indicators.core_subjects if s]
+
+
 def build_task(conn: Connection, settings: Settings, case_id: int) -> dict[str, Any] | None:
     """What a school official needs to act on the case, with the evidence for each reason."""
     case = conn.execute(select(Case.__table__).where(Case.id == case_id)).first()
@@ -72,38 +216,62 @@ def build_task(conn: Connection, settings: Settings, case_id: int) -> dict[str, 
         return None
     student = student_facts(conn, [case.student_id]).get(case.student_id, {})
     school_id = student.get("school_id") or case.school_id or ""
-    school = school_name(conn, school_id) or school_id
+    school_row = conn.execute(
+        select(School.name, School.identifier).where(School.school_id == school_id)
+    ).first()
+    school = (school_row.name if school_row else None) or school_id
     manager = next((c for c in settings.caseloads if c.staff_id == case.assignee_id), None)
     name = f"{student.get('first_name', '')} {student.get('last_name', '')}".strip()
-    return {
+    raw_reasons = case_reasons(conn, case.id)
+    opened = aware(case.opened_at).astimezone(ZoneInfo(settings.district.timezone)).date()
+    days = settings.cases.first_meeting_school_days
+    due = school_days_after(conn, school_id, opened, days)
+    task = {
         "task_id": case_subject(case.id),
         "case_id": case.id,
         "revision": case.revision,
         "status": case.status,
         "title": f"Support case: {name} (grade {student.get('grade_level') or '?'}, {school})",
         "severity": case.severity,
+        "opened_on": opened.isoformat(),
         "student": {
             "student_id": case.student_id,
             "local_id": student.get("local_id"),
             "name": name,
             "grade_level": student.get("grade_level"),
             "school": school,
+            "school_id": school_id or None,
+            "school_number": school_row.identifier if school_row else None,
         },
         "assignee": (
             {"staff_id": manager.staff_id, "name": manager.name, "email": manager.email}
             if manager
             else None
         ),
-        "reasons": case_reasons(conn, case.id),
-        "first_meeting_due": (aware(case.opened_at) + timedelta(days=7)).date().isoformat(),
+        "reasons": [_reason_view(settings, r) for r in raw_reasons],
+        "resources": suggested_resources(settings, raw_reasons),
+        "first_meeting_due": (due or weekdays_after(opened, days)).isoformat(),
+        "first_meeting_due_basis": (
+            f"{days} school days after opening" + ("" if due else " (weekdays: no calendar)")
+        ),
     }
+    if settings.cases.link_template:
+        task["case_url"] = settings.cases.link_template.format(case_id=case.id)
+    if case.status == "closed":
+        task["close_reason"] = case.close_reason
+    return task
 
 
 def disclosed_categories(task: dict[str, Any]) -> list[str]:
-    """Which kinds of education record the task carries."""
+    """Which kinds of education record the task carries, read from the payload itself."""
     categories = ["identity", "enrollment", "case"]
-    text = repr([r.get("evidence") for r in task.get("reasons") or []])
+    shown = [n for r in task.get("reasons") or [] for n in (r.get("evidence") or {})
+             .get("indicators", {})]  # fmt: skip
     for word, category in EVIDENCE_CATEGORIES:
-        if word in text and category not in categories:
+        if any(word in name for name in shown) and category not in categories:
             categories.append(category)
+    if any(r.get("note") for r in task.get("reasons") or []):
+        categories.append("referral_note")
+    if task.get("resources"):
+        categories.append("support_offered")
     return categories
