@@ -1,6 +1,6 @@
-"""A synthetic district's family messages through the local Twilio-shaped server and a real SMTP
+"""The demo district's family messages through the local Twilio-shaped server and a real SMTP
 server, then the whole outbox replayed as if every send had crashed after the provider took it:
-nothing reaches a family twice."""
+nothing reaches a family twice; and a family that texts STOP hears nothing more on any channel."""
 
 from __future__ import annotations
 
@@ -11,15 +11,18 @@ from pathlib import Path
 import pytest
 from aiosmtpd.controller import Controller
 from sqlalchemy import Engine, text
+from twilio.request_validator import RequestValidator
 
+from service.api import create_app
 from service.config import parse_settings
+from service.intents import family_notices
+from service.outbox import enqueue
 from service.pipeline import open_engine, run_dispatch, run_evaluate, run_sync
-from tests.conftest import raw_config_for
+from tests.conftest import ROOT, raw_config_for
 from tests.fixtures.twilio_server import TwilioServer
 from tests.test_families_email import Inbox, free_port, smtp_channel
-from tests.test_families_sms import twilio_channel
+from tests.test_families_sms import ACCOUNT_SID, AUTH_TOKEN, PUBLIC, twilio_channel
 from tests.test_outbox import items
-from tools.synthetic import generate_district
 
 
 @pytest.fixture
@@ -38,8 +41,7 @@ def test_a_district_replayed_after_a_crash_everywhere_sends_nothing_twice(
     db_url: str, tmp_path: Path, peers: tuple[TwilioServer, Inbox, int]
 ) -> None:
     twilio, inbox, port = peers
-    data = tmp_path / "data"
-    generate_district(data, students=60, seed=21)
+    data = ROOT / "config" / "sample-data"  # the demo district, as shipped
     channels = [twilio_channel(twilio), smtp_channel(port)]
     raw = raw_config_for(db_url, data, tmp_path / "out", channels=channels)
     settings = parse_settings(raw, "e2e.yaml", data)
@@ -74,3 +76,41 @@ def test_a_district_replayed_after_a_crash_everywhere_sends_nothing_twice(
     # Twilio's message list shows each text: delivered. SMTP cannot be asked: a person checks.
     assert by_status["sms:delivered"] == texts
     assert by_status["email:needs_review"] == mails
+
+    # A guardian with a phone and an email texts STOP; then a new referral wants to tell them.
+    texted = next(
+        i for i in items(engine, "family_notice")
+        if (i.result or {}).get("medium") == "sms" and _email_of(engine, i.contact_id)
+    )  # fmt: skip
+    phone = texted.result["to"]
+    client = create_app(settings, engine).test_client()
+    path = "/webhooks/twilio/sms/inbound"
+    params = {"MessageSid": "SM" + "7" * 32, "From": phone, "To": "+15005550006",
+              "Body": "STOP", "AccountSid": ACCOUNT_SID}  # fmt: skip
+    signature = RequestValidator(AUTH_TOKEN).compute_signature(PUBLIC + path, params)
+    assert (
+        client.post(path, data=params, headers={"X-Twilio-Signature": signature}).status_code == 200
+    )
+    with engine.begin() as conn:  # what evaluation queues when a new reason joins the case
+        revision = conn.execute(
+            text("SELECT revision FROM cases WHERE id = :c"), {"c": texted.case_id}
+        ).scalar_one()
+        conn.execute(text("UPDATE cases SET revision = :r WHERE id = :c"),
+                     {"r": revision + 1, "c": texted.case_id})  # fmt: skip
+        enqueue(conn, family_notices(texted.case_id, texted.student_id, revision + 1,
+                                     [texted.contact_id], ["counseling"]))  # fmt: skip
+    before = (len(twilio.messages), len(inbox.messages))
+    after_stop = run_dispatch(engine, settings)
+
+    assert (len(twilio.messages), len(inbox.messages)) == before  # not by text, not by email
+    assert after_stop.suppressed == {"opted_out": 1}
+    [latest] = [i for i in items(engine, "family_notice")
+                if i.contact_id == texted.contact_id and i.status == "suppressed"]  # fmt: skip
+    assert latest.reason == "opted_out"
+
+
+def _email_of(engine: Engine, contact_id: str | None) -> str | None:
+    with engine.connect() as conn:
+        return conn.execute(
+            text("SELECT email FROM contacts WHERE contact_id = :c"), {"c": contact_id}
+        ).scalar()
