@@ -46,6 +46,7 @@ STATUS_RANK = {
 }  # fmt: skip
 # Final delivery errors that say the number cannot take texts (unknown handset, landline).
 UNREACHABLE_CODES = frozenset({"30005", "30006"})
+CARRIER_OPT_OUT = "21610"  # the recipient had replied STOP to this sender at the carrier
 
 
 def _settings() -> Settings:
@@ -90,6 +91,8 @@ def twilio_status(name: str) -> Any:
     moved = record_status(_engine(), name, sid, status, error, utcnow())
     if moved and status in ("undelivered", "failed") and error in UNREACHABLE_CODES:
         _unreachable(sid, request.form.get("To") or "", error)
+    if moved and status in ("undelivered", "failed") and error == CARRIER_OPT_OUT:
+        _carrier_opt_out(sid, request.form.get("To") or "")
     return Response(status=204)
 
 
@@ -122,6 +125,19 @@ def record_status(
             except IntegrityError:
                 continue
     return False
+
+
+def _carrier_opt_out(sid: str, to: str) -> None:
+    """21610 after the fact: the number replied STOP at the carrier. No more texts to it."""
+    with _engine().begin() as conn:
+        contact = conn.execute(
+            select(OutboxItem.contact_id).where(
+                OutboxItem.external_id == sid, OutboxItem.kind == FAMILY_NOTICE
+            )
+        ).scalar()
+        if contact:
+            evidence = {"message_sid": sid, "provider_code": CARRIER_OPT_OUT, "to": to}
+            record_opt_out(conn, [contact], "sms", "twilio_status", evidence, utcnow())
 
 
 def _unreachable(sid: str, to: str, code: str) -> None:

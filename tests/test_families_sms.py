@@ -406,6 +406,23 @@ def test_status_callbacks_only_move_forward_through_duplicates_and_reordering(
     assert row.status == "delivered"
 
 
+def test_a_carrier_opt_out_reported_by_a_status_callback_stops_texts(
+    app_url: tuple[str, Settings], engine: Engine, twilio: TwilioServer
+) -> None:
+    _, settings = app_url
+    twilio.state.callback_statuses = ()
+    run_dispatch(engine, settings)
+    message = twilio.sent_to(LUIS)[0]
+    assert preference(engine, "g2") is None or preference(engine, "g2")["sms_opted_out_at"] is None
+
+    assert twilio.post_callback(message, "undelivered", error_code=21610) == 204
+
+    pref = preference(engine, "g2")
+    assert pref["sms_opted_out_at"] is not None
+    assert pref["evidence"]["provider_code"] == "21610"
+    assert pref["evidence"]["message_sid"] == message.sid
+
+
 def test_status_callbacks_posted_by_twilio_after_a_send_are_recorded(
     app_url: tuple[str, Settings], engine: Engine, twilio: TwilioServer
 ) -> None:
