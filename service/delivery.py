@@ -385,14 +385,15 @@ class Deliverer:
 
     def rejected(self, conn: Connection, item: OutboxItem, exc: AddressRejected) -> None:
         """Record a provider's final refusal of an address on the contact (the mark's
-        transaction): a carrier opt-out is an SMS opt-out, an invalid number is unusable."""
+        transaction). A carrier opt-out means the family texted STOP to us: like a STOP our
+        webhook receives, it stops every channel. An invalid number is unusable for SMS."""
         if item.contact_id is None or exc.medium != "sms":
             return
         evidence = {"provider_code": exc.code, "outbox_id": item.id, "to": exc.address,
                     "at": self.clock().isoformat()}  # fmt: skip
         if exc.opted_out:
             record_opt_out(
-                conn, [item.contact_id], "sms", "carrier_opt_out", evidence, self.clock()
+                conn, [item.contact_id], "all", "carrier_opt_out", evidence, self.clock()
             )
         else:
             mark_sms_unusable(conn, item.contact_id, exc.address, evidence, self.clock())

@@ -426,10 +426,11 @@ class Dispatcher:
     def _rejected(self, item: OutboxItem, token: str, exc: AddressRejected) -> None:
         """The provider refused the address for good (no message was created).
 
-        Recorded on the contact in the same transaction as the mark. An invalid number sends the
-        notice back to planning, which now picks email; a carrier opt-out is never retried.
+        Recorded on the contact in the same transaction as the mark, and the notice goes back to
+        planning: after an invalid number the policy picks email; after a carrier opt-out it
+        suppresses the notice (`opted_out`). The refused address is never tried again.
         """
-        replan = exc.medium == "sms" and not exc.opted_out
+        replan = exc.medium == "sms"
         attempts = item.attempts + 1
         values: dict[str, Any] = {
             "attempts": attempts,

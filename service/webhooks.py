@@ -137,7 +137,8 @@ def _carrier_opt_out(sid: str, to: str) -> None:
         ).scalar()
         if contact:
             evidence = {"message_sid": sid, "provider_code": CARRIER_OPT_OUT, "to": to}
-            record_opt_out(conn, [contact], "sms", "twilio_status", evidence, utcnow())
+            # Like a STOP our inbound webhook receives: every channel (TCPA revocation).
+            record_opt_out(conn, [contact], "all", "twilio_status", evidence, utcnow())
 
 
 def _unreachable(sid: str, to: str, code: str) -> None:

@@ -192,9 +192,9 @@ def test_a_carrier_opt_out_is_recorded_and_never_retried(
     run_dispatch(engine, settings)
 
     luis = notices(engine)["g2"]
-    assert (luis.status, luis.attempts) == ("dead", 1)
-    assert "21610" in (luis.reason or "")
-    assert preference(engine, "g2")["sms_opted_out_at"] is not None
+    assert (luis.status, luis.reason, luis.attempts) == ("suppressed", "opted_out", 1)
+    assert "21610" in (luis.last_error or "")
+    assert preference(engine, "g2")["all_opted_out_at"] is not None  # a STOP stops everything
     with engine.connect() as conn:
         [event] = conn.execute(select(ConsentEvent.__table__)).mappings().all()
     assert (event["contact_id"], event["via"], event["evidence"]["provider_code"]) == (
@@ -418,7 +418,7 @@ def test_a_carrier_opt_out_reported_by_a_status_callback_stops_texts(
     assert twilio.post_callback(message, "undelivered", error_code=21610) == 204
 
     pref = preference(engine, "g2")
-    assert pref["sms_opted_out_at"] is not None
+    assert pref["all_opted_out_at"] is not None
     assert pref["evidence"]["provider_code"] == "21610"
     assert pref["evidence"]["message_sid"] == message.sid
 
