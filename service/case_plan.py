@@ -133,7 +133,8 @@ def progress(
     before_failures = at_opening.get("course_failures")
     if before_failures and current.course_failures is not None:
         was, now = round(float(before_failures)), round(float(current.course_failures))
-        parts.append(f"failing {was} courses at opening, {now} now ({max(was - now, 0)} cleared)")
+        courses = "course" if was == 1 else "courses"
+        parts.append(f"failing {was} {courses} at opening, {now} now ({max(was - now, 0)} cleared)")
         categories.append("grades")
     if not parts:
         return None

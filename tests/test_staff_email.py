@@ -4,7 +4,7 @@ local SMTP server (aiosmtpd) on SQLite and PostgreSQL."""
 from __future__ import annotations
 
 from collections.abc import Callable
-from datetime import datetime, time
+from datetime import datetime, time, timedelta
 from email.message import Message
 from pathlib import Path
 from typing import Any
@@ -18,6 +18,7 @@ from jobs.tasks import digest_job
 from service.config import Settings, cron_trigger
 from service.models import Case, CaseEvent, Disclosure, OutboxItem
 from service.pipeline import run_dispatch, run_evaluate, run_sync
+from service.task_view import build_task, disclosed_categories
 from tests.builders import TinyDistrict
 from tests.test_families_email import Inbox, smtp  # noqa: F401  (the fixture)
 
@@ -243,3 +244,35 @@ def test_the_task_shows_progress_check_ins_and_a_close_suggestion_after_recovery
     with engine.connect() as conn:
         case = conn.execute(select(Case.status, Case.recovered_since, Case.revision)).one()
     assert tuple(case) == ("open", days[24], 3)  # the plan never clears the recovery
+
+
+def test_the_progress_line_counts_failures_cleared_and_check_ins_in_calendar_days(
+    engine: Engine, make_settings: Callable[..., Settings], tmp_path: Path
+) -> None:
+    d = TinyDistrict(tmp_path / "data")
+    d.school()
+    days = d.school_days("sch-1", 80)
+    d.student("s1", "1001")
+    d.grade("s1", "Mathematics", 41)  # failing in the second grading period
+    d.write()
+    plan = {"check_in_every": 7, "check_in_unit": "days"}
+    settings = make_settings(d.root, channels=[], cases=plan)
+    run_sync(engine, settings)
+    run_evaluate(engine, settings, days[50])
+    d.grades.clear()
+    d.grade("s1", "Mathematics", 85)  # the grade came up
+    d.write()
+    run_sync(engine, settings, allow_deactivation=True)
+    run_evaluate(engine, settings, days[55])
+    with engine.connect() as conn:
+        case_id = conn.execute(select(Case.id)).scalar_one()
+        task = build_task(conn, settings, case_id)
+    assert task is not None
+    assert task["progress"]["text"] == (
+        "attended 100% of school days since the case opened (missed 0 of 5) vs 100% at opening "
+        "(missed 0 of 51); failing 1 course at opening, 0 now (1 cleared)"
+    )
+    assert task["progress"]["categories"] == ["attendance", "grades"]
+    assert {"attendance", "grades"} <= set(disclosed_categories(task))
+    # Every 7 calendar days from the day the case opened: the first check-in has passed.
+    assert task["next_check_in_due"] == (days[50] + timedelta(days=14)).isoformat()
