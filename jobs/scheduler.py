@@ -183,6 +183,8 @@ class Scheduler:
         log.info("scheduler.leading", holder=HOLDER)
         beat(self.engine, elected)
         self._run_nightly()  # the slot a dead leader may have missed (recorded: never twice)
+        if digest_destinations(self.settings):
+            self._run_digest()  # likewise this morning's digests
         zone = self.settings.district.timezone
         self.sched = BlockingScheduler(timezone=zone)
         common: dict[str, Any] = {"max_instances": 1, "coalesce": True, "misfire_grace_time": 300}

@@ -97,18 +97,13 @@ def _pct(absent: float, enrolled: float) -> str:
 
 
 def progress(
-    conn: Connection, settings: Settings, case: Any, evidence: dict[str, Any]
+    conn: Connection, settings: Settings, case: Any, evidence: dict[str, Any], current: Any
 ) -> dict[str, Any] | None:
     """Attendance since the case opened against attendance at opening, and failures cleared.
 
-    `evidence` is the first referral's (its indicator snapshot). None when nothing can be said."""
+    `evidence` is the first referral's (its indicator snapshot), `current` the student's
+    indicators now (as_of, course_failures). None when nothing can be said."""
     at_opening = evidence.get("indicators") or {}
-    current = conn.execute(
-        select(StudentIndicators.as_of, StudentIndicators.course_failures)
-        .where(StudentIndicators.student_id == case.student_id)
-    ).first()  # fmt: skip
-    if current is None:
-        return None
     today, opened = current.as_of, opened_on(settings, case.opened_at, evidence)
     parts: list[str] = []
     categories: list[str] = []
@@ -158,14 +153,14 @@ def plan_view(
     """The plan fields added to the task (only those that say something); `evidence` is the
     first referral's."""
     out: dict[str, Any] = {}
-    line = progress(conn, settings, case, evidence)
+    current = conn.execute(
+        select(StudentIndicators.as_of, StudentIndicators.course_failures)
+        .where(StudentIndicators.student_id == case.student_id)
+    ).first()  # fmt: skip
+    line = progress(conn, settings, case, evidence, current) if current is not None else None
     if line is not None:
         out["progress"] = line
-    today = date.fromisoformat(line["as_of"]) if line else (
-        conn.execute(select(StudentIndicators.as_of).where(
-            StudentIndicators.student_id == case.student_id)).scalar()
-        or opened_on(settings, case.opened_at, evidence)
-    )  # fmt: skip
+    today = current.as_of if current is not None else opened_on(settings, case.opened_at, evidence)
     if case.status == "open" and settings.cases.check_in_every:
         opened = opened_on(settings, case.opened_at, evidence)
         horizon = today + timedelta(days=7 * settings.cases.check_in_every + 14)
