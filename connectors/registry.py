@@ -40,6 +40,7 @@ BUILTIN_MODULES = (
     "connectors.destinations.jira",
     "connectors.destinations.slack",
     "connectors.destinations.teams",
+    "connectors.destinations.email",
     "connectors.channels.file",
     "connectors.channels.twilio_sms",
     "connectors.channels.smtp_email",

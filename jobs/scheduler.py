@@ -24,9 +24,10 @@ from apscheduler.schedulers.blocking import BlockingScheduler
 from sqlalchemy import Connection, Engine, insert, text, update
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
-from jobs.tasks import dispatch_job, nightly_job, tool_poll_job
+from jobs.tasks import digest_job, dispatch_job, nightly_job, tool_poll_job
 from service.clock import utcnow
 from service.config import Settings, cron_trigger
+from service.digest import digest_destinations
 from service.models import JobRun, SchedulerHeartbeat
 from service.pipeline import open_engine
 
@@ -129,6 +130,7 @@ class Scheduler:
         self.stop = threading.Event()
         zone = settings.district.timezone
         self.nightly = cron_trigger(settings.schedules.sync_cron, zone)
+        self.digest = cron_trigger(settings.schedules.digest_cron, zone)
         self.sched: BlockingScheduler | None = None
 
     def _run_nightly(self) -> None:
@@ -137,6 +139,14 @@ class Scheduler:
         slot = latest_slot(self.nightly, utcnow().astimezone(self.nightly.timezone))
         if slot is not None:
             fire_once(self.engine, "nightly", slot, lambda: nightly_job(self.engine, self.settings))
+
+    def _run_digest(self) -> None:
+        if not self._still_leading():
+            return
+        slot = latest_slot(self.digest, utcnow().astimezone(self.digest.timezone))
+        if slot is not None:
+            fire_once(self.engine, "digest", slot,
+                      lambda: digest_job(self.engine, self.settings, slot))  # fmt: skip
 
     def _run_dispatch(self) -> None:
         if self._still_leading():
@@ -173,10 +183,14 @@ class Scheduler:
         log.info("scheduler.leading", holder=HOLDER)
         beat(self.engine, elected)
         self._run_nightly()  # the slot a dead leader may have missed (recorded: never twice)
+        if digest_destinations(self.settings):
+            self._run_digest()  # likewise this morning's digests
         zone = self.settings.district.timezone
         self.sched = BlockingScheduler(timezone=zone)
         common: dict[str, Any] = {"max_instances": 1, "coalesce": True, "misfire_grace_time": 300}
         self.sched.add_job(self._run_nightly, self.nightly, id="nightly", **common)
+        if digest_destinations(self.settings):
+            self.sched.add_job(self._run_digest, self.digest, id="digest", **common)
         self.sched.add_job(
             self._run_dispatch, "interval",
             seconds=self.settings.schedules.dispatch_interval_seconds, id="dispatch", **common,

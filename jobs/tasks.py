@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import datetime
+
 import structlog
 from sqlalchemy import Engine
 
@@ -62,3 +64,11 @@ def tool_poll_job(engine: Engine, settings: Settings) -> None:
     outcomes = poll_tools(engine, settings)
     if outcomes:
         log.info("job.tool_poll", **dict(outcomes))
+
+
+def digest_job(engine: Engine, settings: Settings, until: datetime) -> None:
+    """Queue each case manager's daily digest for the slot `until` (sent by the dispatcher)."""
+    from service.digest import queue_digests
+
+    queued = queue_digests(engine, settings, until)
+    log.info("job.digest", queued=queued)

@@ -19,6 +19,7 @@ import structlog
 from sqlalchemy import Connection, Engine, bindparam, select, text, update
 
 from service.bulk import insert_many, table
+from service.case_plan import CHECK_IN, CLOSE_SUGGESTED, close_suggestions, due_check_ins
 from service.clock import district_today, utcnow
 from service.config import CaseloadConfig, Settings
 from service.indicator_names import INDICATORS
@@ -379,13 +380,29 @@ class CaseBook:
                 recovering,
             )
 
+    def follow_plan(self) -> None:
+        """The case plan: a check-in came due, or the indicators recovered long enough to
+        suggest closing. Either re-sends the task (a new revision) so the tool shows it."""
+        closing = {c.id for c in self.closing}
+        live = {c.id: c for c in self.open.values() if c.id not in closing}
+        opened = {cid: c.opened_at for cid, c in live.items()}
+        for cid, number in due_check_ins(self.conn, self.settings, opened, self.as_of).items():
+            self._event(cid, CHECK_IN, number=number)
+            self.changed.setdefault(live[cid].student_id, set())
+        recovered = {cid: c.recovered_since for cid, c in live.items() if c.recovered_since}
+        for cid in close_suggestions(self.conn, self.settings, recovered, self.as_of):
+            self._event(cid, CLOSE_SUGGESTED, recovered_since=recovered[cid].isoformat())
+            self.changed.setdefault(live[cid].student_id, set())
+
     def save_revisions(self) -> None:
         """One statement for all changed cases, not one round trip each (19,000 on a first run)."""
         revisions: list[dict[str, Any]] = []
         for sid in self.changed:
             case = self.open[sid]
             case.revision += 1
-            revisions.append({"b_id": case.id, "b_rev": case.revision, "b_sev": case.severity})
+            # A plan step (check-in, suggestion) keeps a recovery; a relapse already cleared it.
+            revisions.append({"b_id": case.id, "b_rev": case.revision, "b_sev": case.severity,
+                              "b_rec": case.recovered_since})  # fmt: skip
             if case.revision > 1 and not case.reopened:
                 self.report.cases_updated += 1
         if revisions:
@@ -394,7 +411,7 @@ class CaseBook:
                 .where(Case.id == bindparam("b_id"))
                 .values(
                     revision=bindparam("b_rev"), severity=bindparam("b_sev"),
-                    recovered_since=None, updated_at=self.now,
+                    recovered_since=bindparam("b_rec"), updated_at=self.now,
                 ),
                 revisions,
             )  # fmt: skip
@@ -449,5 +466,6 @@ def _apply(
     book.open_new(fired, student_facts(conn, list(fired)))
     book.add_reasons(fired)
     book.note_recovery(fired)
+    book.follow_plan()
     book.save_revisions()
     book.intents()

@@ -249,6 +249,17 @@ def dispatch(ctx: click.Context) -> None:
 
 
 @main.command()
+@click.pass_context
+def digest(ctx: click.Context) -> None:
+    """Queue each case manager's digest now (the scheduler does it at schedules.digest_cron)."""
+    from service.clock import utcnow
+    from service.digest import queue_digests
+
+    settings = _settings(ctx)
+    console.print(f"{queue_digests(_engine(settings), settings, utcnow())} digests queued")
+
+
+@main.command()
 @click.option("--as-of", type=click.DateTime(["%Y-%m-%d"]), help="Evaluate as of this date.")
 @click.pass_context
 def run(ctx: click.Context, as_of: Any, upgrade: bool = False) -> None:

@@ -118,6 +118,12 @@ class CaseConfig(Strict):
     first_meeting_school_days: int = Field(5, ge=1)
     # A link back to the case in staff tasks, e.g. "https://cases.district.org/cases/{case_id}".
     link_template: str | None = None
+    # The case plan: a check-in every this many school days (or days) while the case is open;
+    # each one brings the task up to date (progress line, next check-in). None: no check-ins.
+    check_in_every: int | None = Field(None, ge=1)
+    check_in_unit: Literal["school_days", "days"] = "school_days"
+    # Suggest closing in the task once the indicators have recovered for this many days.
+    suggest_close_after_days: int | None = Field(None, ge=0)
 
 
 class CaseloadConfig(Strict):
@@ -247,6 +253,9 @@ def cron_trigger(expression: str, timezone: str) -> Any:
 class ScheduleConfig(Strict):
     # Nightly sync then evaluate (cron, district time zone).
     sync_cron: str = "0 2 * * *"
+    # The daily digest to each case manager (cron, district time zone), for `email`
+    # destinations with `digest: true`.
+    digest_cron: str = "0 7 * * *"
     # How often a scheduler (or `casebridge worker`) delivers the outbox.
     dispatch_interval_seconds: int = Field(60, ge=1)
     # How often staff tools without webhooks (Google Sheets, Planner) are asked for status.
@@ -255,7 +264,7 @@ class ScheduleConfig(Strict):
     standby_poll_seconds: float = Field(5.0, gt=0)
     heartbeat_seconds: float = Field(5.0, gt=0)
 
-    @field_validator("sync_cron")
+    @field_validator("sync_cron", "digest_cron")
     @classmethod
     def _parses(cls, value: str) -> str:
         try:

@@ -32,7 +32,7 @@ from service.clock import utcnow
 from service.config import Settings
 from service.consent import mark_sms_unusable, record_opt_out
 from service.errors import AddressRejected, PermanentError
-from service.intents import FAMILY_NOTICE, FOLLOW_UP, TASK_UPSERT, case_subject, follow_up
+from service.intents import DIGEST, FAMILY_NOTICE, FOLLOW_UP, TASK_UPSERT, case_subject, follow_up
 from service.models import Case, DeliveryLink, Disclosure, OutboxItem, ResourceLink
 from service.outreach import contact_state, recent_family_sends, resources_for
 from service.policy import (
@@ -50,6 +50,8 @@ from service.sms_text import body_digest, sms_size
 from service.task_view import aware, build_task, disclosed_categories, school_name, student_facts
 
 STAFF_BASIS = "school official with legitimate educational interest, 34 CFR 99.31(a)(1)"
+# A digest line carries the student's identity, school and grade, and that a case changed.
+DIGEST_CATEGORIES = ["identity", "enrollment", "case"]
 FAMILY_BASIS = "parent or guardian of the student, 34 CFR 99.10 / 99.31(a)"
 
 
@@ -112,6 +114,8 @@ class Deliverer:
             return self._plan_notice(item)
         if item.kind == FOLLOW_UP:
             return self._plan_follow_up(item)
+        if item.kind == DIGEST:
+            return self._plan_digest(item)
         raise PermanentError(f"unknown outbox kind {item.kind!r}")
 
     def _destination(self, name: str) -> Destination:
@@ -158,6 +162,32 @@ class Deliverer:
             item.target,
             creates_blind,
             lambda: destination.upsert_task(item.idempotency_key, subject, task, current),
+            record,
+        )
+
+    def _plan_digest(self, item: OutboxItem) -> Plan:
+        """A case manager's daily digest, read now; nothing is sent on a quiet day."""
+        from service.digest import build_digest
+
+        destination = self._destination(item.target)
+        send = getattr(destination, "send_digest", None)
+        if send is None:
+            raise PermanentError(f"destination {item.target!r} cannot send a digest")
+        with self.engine.connect() as conn:
+            view = build_digest(conn, self.settings, item)
+        if view is None:
+            return Skip("suppressed", "no_such_case_manager")
+        if not view["cases"]:
+            return Skip("suppressed", "nothing_new")
+        record = {
+            "to": view["email"],
+            "counts": view["counts"],
+            "student_ids": sorted({c["student_id"] for c in view["cases"]}),
+        }
+        return Send(
+            item.target,
+            destination.idempotency != "provider_key",
+            lambda: send(item.idempotency_key, view),
             record,
         )
 
@@ -337,6 +367,10 @@ class Deliverer:
                     return Reconciled("not_sent", detail="found; updated to be complete")
                 return Reconciled("sent", DeliveryResult(found.external_id, found.version))
             return destination.reconcile(item.idempotency_key, subject, since)
+        if item.kind == DIGEST:
+            return self._destination(item.target).reconcile(
+                item.idempotency_key, str(record.get("to")), since
+            )
         channel = self.channels.get(record.get("channel") or item.target)
         if channel is None:
             return Reconciled("unknown", detail=f"channel {item.target!r} is not configured")
@@ -359,6 +393,17 @@ class Deliverer:
             self._save_link(conn, item, record, result, now)
         if item.kind == FAMILY_NOTICE:
             self._queue_follow_up(conn, item, record, now)
+        if item.kind == DIGEST:  # one disclosure per student the digest named
+            if not record.get("student_ids"):
+                return
+            conn.execute(insert(Disclosure), [
+                {"student_id": sid, "outbox_id": item.id, "disclosed_at": now,
+                 "recipient": f"case manager {item.payload.get('staff_id')} via {item.target}",
+                 "recipient_kind": "staff_tool", "data_categories": DIGEST_CATEGORIES,
+                 "basis": STAFF_BASIS}
+                for sid in record.get("student_ids") or []
+            ])  # fmt: skip
+            return
         if not item.student_id:
             return
         if result.detail.get("sent") is False:

@@ -99,3 +99,23 @@ def reply_notice(
         "contact_id": contact_id,
         "payload": {"categories": sorted(categories)},
     }
+
+
+DIGEST = "digest"
+
+
+def digest_key(destination: str, staff_id: str, local_day: str) -> str:
+    return f"digest:{destination}:{staff_id}:{local_day}"
+
+
+def digest(destination: str, staff_id: str, local_day: str, until: str) -> dict[str, Any]:
+    """A case manager's daily digest of cases that changed up to `until` (UTC ISO), rendered
+    when sent: the window starts where the previous digest's ended."""
+    return {
+        "idempotency_key": digest_key(destination, staff_id, local_day),
+        "kind": DIGEST,
+        "target": destination,
+        "case_id": None,
+        "student_id": None,
+        "payload": {"staff_id": staff_id, "day": local_day, "until": until},
+    }

@@ -10,6 +10,7 @@ from zoneinfo import ZoneInfo
 import rule_engine
 from sqlalchemy import Connection, select
 
+from service.case_plan import plan_view
 from service.config import Settings
 from service.indicator_names import INDICATORS
 from service.intents import case_subject
@@ -259,6 +260,9 @@ def build_task(conn: Connection, settings: Settings, case_id: int) -> dict[str, 
         task["case_url"] = settings.cases.link_template.format(case_id=case.id)
     if case.status == "closed":
         task["close_reason"] = case.close_reason
+    # The case plan: progress since opening, the next check-in, a suggestion to close.
+    first = (raw_reasons[0].get("evidence") or {}) if raw_reasons else {}
+    task.update(plan_view(conn, settings, case, first))
     return task
 
 
@@ -269,6 +273,9 @@ def disclosed_categories(task: dict[str, Any]) -> list[str]:
              .get("indicators", {})]  # fmt: skip
     for word, category in EVIDENCE_CATEGORIES:
         if any(word in name for name in shown) and category not in categories:
+            categories.append(category)
+    for category in (task.get("progress") or {}).get("categories") or []:
+        if category not in categories:
             categories.append(category)
     if any(r.get("note") for r in task.get("reasons") or []):
         categories.append("referral_note")

@@ -13,13 +13,9 @@ chose `after_crash: resend`.
 
 from __future__ import annotations
 
-import hashlib
 import html
 import re
-import smtplib
-import ssl
 from datetime import datetime
-from email import policy
 from email.headerregistry import Address
 from email.message import EmailMessage
 from email.utils import format_datetime
@@ -29,29 +25,18 @@ from pydantic import Field
 
 from connectors.base import DeliveryResult, FamilyMessage, Idempotency, Reconciled
 from connectors.registry import register
+from connectors.smtp import SMTP_POLICY, SmtpSender, SmtpServerSettings, message_id
 from service.clock import utcnow
 from service.config import ChannelSettings, Settings
 from service.consent import unsubscribe_url
-from service.errors import AddressRejected, OutcomeUnknown, PermanentError, TransientError
 
-SMTP_POLICY = policy.SMTP.clone(max_line_length=998)
 _URL = re.compile(r"https?://[^\s<>\"')]+")
 
 
-class SmtpEmailSettings(ChannelSettings):
+class SmtpEmailSettings(ChannelSettings, SmtpServerSettings):
     """Email through SMTP (STARTTLS or SMTPS; credentials via ${ENV})."""
 
     kind: Literal["smtp_email"]
-    host: str
-    port: int = Field(587, ge=1, le=65535)
-    security: Literal["starttls", "ssl", "none"] = "starttls"
-    username: str | None = None
-    password: str | None = None
-    from_address: str
-    from_name: str = ""
-    # A private CA's certificate (PEM) to trust for the server; the system store otherwise.
-    ca_file: str | None = None
-    timeout_seconds: float = Field(20.0, gt=0, le=120)
     # Where families reach casebridge: the unsubscribe link is {public_url}/unsubscribe/...
     public_url: str
     # Signs unsubscribe links (from ${ENV}); changing it breaks links already sent.
@@ -59,12 +44,6 @@ class SmtpEmailSettings(ChannelSettings):
     # After a crash between the server's answer and our record: "review" parks the message for
     # a person; "resend" sends it again with the same Message-ID.
     after_crash: Literal["review", "resend"] = "review"
-
-
-def message_id(key: str, from_address: str) -> str:
-    """A stable Message-ID for an outbox key; the hash keeps ids and case numbers out of it."""
-    domain = from_address.rsplit("@", 1)[-1] or "casebridge.invalid"
-    return f"<{hashlib.sha256(key.encode()).hexdigest()[:40]}@{domain}>"
 
 
 def to_html(text: str, unsubscribe: str, language: str) -> str:
@@ -96,6 +75,7 @@ class SmtpEmailChannel:
         self.name = cfg.name
         self.cfg = cfg
         self.ca_file = ca_file
+        self.sender = SmtpSender(cfg, ca_file)
 
     def build(self, key: str, message: FamilyMessage) -> EmailMessage:
         cfg = self.cfg
@@ -122,53 +102,9 @@ class SmtpEmailChannel:
         email["Content-Language"] = message.language  # after set_content, which drops Content-*
         return email
 
-    def _context(self) -> ssl.SSLContext:
-        return ssl.create_default_context(cafile=self.ca_file)
-
-    def _connect(self) -> smtplib.SMTP:
-        cfg = self.cfg
-        try:
-            if cfg.security == "ssl":
-                server: smtplib.SMTP = smtplib.SMTP_SSL(
-                    cfg.host, cfg.port, timeout=cfg.timeout_seconds, context=self._context()
-                )
-            else:
-                server = smtplib.SMTP(cfg.host, cfg.port, timeout=cfg.timeout_seconds)
-                if cfg.security == "starttls":
-                    server.starttls(context=self._context())
-            if cfg.username:
-                server.login(cfg.username, cfg.password or "")
-        except smtplib.SMTPAuthenticationError as exc:
-            raise PermanentError(f"SMTP login refused: {exc.smtp_code}") from exc
-        except (smtplib.SMTPException, OSError) as exc:
-            # Nothing was handed over yet: safe to try again later.
-            raise TransientError(f"SMTP connection: {type(exc).__name__}: {exc}") from exc
-        return server
-
     def send(self, key: str, message: FamilyMessage) -> DeliveryResult:
         email = self.build(key, message)
-        server = self._connect()
-        try:
-            server.send_message(email)
-        except smtplib.SMTPRecipientsRefused as exc:
-            code, reply = next(iter(exc.recipients.values()))
-            what = f"SMTP refused the recipient: {code} {reply!r}"
-            if 500 <= code < 600:
-                raise AddressRejected(what, "email", message.to, False, str(code)) from exc
-            raise TransientError(what) from exc
-        except (smtplib.SMTPSenderRefused, smtplib.SMTPDataError) as exc:
-            what = f"SMTP refused the message: {exc.smtp_code} {exc.smtp_error!r}"
-            if 500 <= exc.smtp_code < 600:
-                raise PermanentError(what) from exc
-            raise TransientError(what) from exc
-        except (smtplib.SMTPServerDisconnected, OSError) as exc:
-            # The message may have been taken before the line dropped.
-            raise OutcomeUnknown(f"SMTP: connection lost while sending: {exc}") from exc
-        finally:
-            try:
-                server.quit()
-            except (smtplib.SMTPException, OSError):
-                server.close()
+        self.sender.send(email, message.to)
         return DeliveryResult(external_id=email["Message-ID"])
 
     def reconcile(self, key: str, message_to: str, since: datetime) -> Reconciled:

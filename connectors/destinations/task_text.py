@@ -41,6 +41,12 @@ def task_text(task: dict[str, Any]) -> str:
         lines += ["Suggested resources:", *(f"- {resource_line(r)}" for r in task["resources"])]
     if task.get("first_meeting_due"):
         lines.append(f"First 1:1 meeting due: {task['first_meeting_due']}")
+    if task.get("progress"):
+        lines.append(f"Progress (as of {task['progress']['as_of']}): {task['progress']['text']}")
+    if task.get("next_check_in_due"):
+        lines.append(f"Next check-in due: {task['next_check_in_due']} ({task['check_in_basis']})")
+    if task.get("suggestion"):
+        lines.append(f"Suggestion: {task['suggestion']}")
     ref = task.get("case_url") or task.get("task_id")
     lines.append(f"Case: {ref} (casebridge {task.get('task_id')}, revision {task.get('revision')})")
     return "\n".join(lines)
