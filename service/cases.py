@@ -21,7 +21,7 @@ from sqlalchemy import Connection, Engine, bindparam, select, text, update
 from service.bulk import insert_many, table
 from service.case_plan import CHECK_IN, CLOSE_SUGGESTED, close_suggestions, due_check_ins
 from service.clock import district_today, utcnow
-from service.config import CaseloadConfig, Settings
+from service.config import CaseloadConfig, Settings, family_categories
 from service.indicator_names import INDICATORS
 from service.indicators import (
     IndicatorWindow,
@@ -330,12 +330,13 @@ class CaseBook:
                     touched.append({"c": case.id, "r": rule.id, "d": self.as_of})
                     continue
                 case.rules.add(rule.id)
+                offered = family_categories(self.settings, rule)
                 referrals.append(
                     {
                         "case_id": case.id, "student_id": sid, "origin": "rule",
                         "rule_id": rule.id, "rule_version": rule.version,
                         "rule_expression": rule.when, "reason": rule.reason,
-                        "severity": rule.severity, "resource_categories": list(rule.resources),
+                        "severity": rule.severity, "resource_categories": offered,
                         "evidence": {"as_of": self.as_of.isoformat(), "indicators": hit.values},
                         "created_at": self.now, "last_fired_on": self.as_of,
                     }
@@ -343,8 +344,8 @@ class CaseBook:
                 self._event(case.id, "reason_added", rule_id=rule.id, reason=rule.reason)
                 if SEVERITY_ORDER[rule.severity] > SEVERITY_ORDER.get(case.severity, 0):
                     case.severity = rule.severity
-                new = {c for c in rule.resources if c not in case.categories}
-                case.categories.update(rule.resources)
+                new = {c for c in offered if c not in case.categories}
+                case.categories.update(offered)
                 self.changed.setdefault(sid, set()).update(new)
             if case.recovered_since is not None:
                 case.recovered_since = None

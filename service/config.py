@@ -96,6 +96,9 @@ class RuleConfig(Strict):
     reason: str = Field(pattern=r"^[a-z0-9_]+$")
     severity: Literal["low", "medium", "high"] = "medium"
     resources: list[str] = []
+    # Add the district's `policy.general_support` categories to what families hear for this
+    # rule, so the list does not point at the reason (only "homework help" says "failing").
+    mix_general_support: bool = False
 
     @field_validator("when")
     @classmethod
@@ -205,6 +208,8 @@ class PolicyConfig(Strict):
     family_cap: FamilyCap = FamilyCap()
     # A resource already sent to this contact within this many days is not sent again.
     resource_repeat_days: int = Field(90, ge=0)
+    # Categories mixed into a notice for rules with `mix_general_support` (e.g. basic-needs).
+    general_support: list[str] = []
     resources_per_message: int = Field(3, ge=1, le=10)
     # A text stays within this many SMS segments: fewer resources are named when it would not.
     sms_max_segments: int = Field(2, ge=1, le=10)
@@ -305,6 +310,12 @@ class Settings(Strict):
         return p if p.is_absolute() else (self.base_dir / p)
 
 
+def family_categories(settings: Settings, rule: RuleConfig) -> list[str]:
+    """The resource categories a family hears about when `rule` fires."""
+    extra = settings.policy.general_support if rule.mix_general_support else []
+    return list(dict.fromkeys([*rule.resources, *extra]))
+
+
 def _cross_problems(raw: dict[str, Any], file: str) -> list[ConfigProblem]:
     """Checks across sections, on the raw mapping so they run even when a field is invalid."""
     problems: list[ConfigProblem] = []
@@ -341,7 +352,23 @@ def _cross_problems(raw: dict[str, Any], file: str) -> list[ConfigProblem]:
     directory = raw.get("resource_directory")
     if isinstance(directory, dict) and isinstance(directory.get("categories"), dict):
         categories |= set(directory["categories"].values())  # imported resources' categories
+    policy = raw.get("policy")
+    general = policy.get("general_support") if isinstance(policy, dict) else None
+    if isinstance(general, list):
+        missing = [c for c in general if c not in categories]
+        if missing:
+            problems.append(
+                ConfigProblem(file, "policy.general_support", f"no resource has category {missing}")
+            )
     for index, rule in enumerate(items("rules")):
+        if rule.get("mix_general_support") and not general:
+            problems.append(
+                ConfigProblem(
+                    file,
+                    f"rules[{index}].mix_general_support",
+                    "policy.general_support names no categories to mix in",
+                )
+            )
         wanted = rule.get("resources")
         if not isinstance(wanted, list):
             continue

@@ -214,3 +214,46 @@ def test_case_managers_are_assigned_least_loaded_first(
         t for t in sent(settings, "tasks.jsonl") if t["task"]["student"]["student_id"] == "x1"
     )
     assert task["task"]["assignee"] is None
+
+
+def test_a_rule_can_mix_general_support_so_the_list_does_not_point_at_the_reason(
+    engine: Engine, make_settings: Callable[..., Settings], tmp_path: Path
+) -> None:
+    d, days = district(tmp_path / "data")
+    d.grade("s1", "Mathematics", 41)  # failing math, no absences
+    d.write()
+    base = make_settings(d.root)
+    rules = [r.model_dump() for r in base.rules]
+    for rule in rules:
+        rule["mix_general_support"] = rule["id"] == "core-course-failure"
+    policy = {"sending_window": None, "general_support": ["basic-needs", "counseling"]}
+    settings = make_settings(d.root, rules=rules, policy=policy)
+    run_sync(engine, settings)
+    report = run_evaluate(engine, settings, days[55])
+    assert report.flagged_by_rule == {"core-course-failure": 1}
+    run_dispatch(engine, settings)
+
+    [text] = [m["message"]["body"] for m in sent(settings, "family-sms.jsonl")]
+    # Tutoring alone would say "failing"; mixed with food and counseling it says "support".
+    assert "Homework Help" in text
+    assert "Food Pantry" in text and "Family Counseling" in text
+
+
+def test_mixing_general_support_needs_the_categories_to_mix(tmp_path: Path) -> None:
+    import pytest
+
+    from service.config import parse_settings
+    from service.errors import ConfigError
+    from tests.conftest import raw_config_for
+
+    raw = raw_config_for("sqlite://", tmp_path, tmp_path)
+    raw["rules"][1]["mix_general_support"] = True
+    with pytest.raises(ConfigError) as failed:
+        parse_settings(raw, "d.yaml", tmp_path)
+    assert "d.yaml: rules[1].mix_general_support: policy.general_support names no" in str(
+        failed.value
+    )
+    raw["policy"]["general_support"] = ["housing"]
+    with pytest.raises(ConfigError) as failed:
+        parse_settings(raw, "d.yaml", tmp_path)
+    assert "policy.general_support: no resource has category ['housing']" in str(failed.value)
