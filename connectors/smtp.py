@@ -16,6 +16,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from connectors.base import Reconciled
 from service.errors import AddressRejected, OutcomeUnknown, PermanentError, TransientError
 
 SMTP_POLICY = policy.SMTP.clone(max_line_length=998)
@@ -36,6 +37,17 @@ class SmtpServerSettings(BaseModel):
     # A private CA's certificate (PEM) to trust for the server; the system store otherwise.
     ca_file: str | None = None
     timeout_seconds: float = Field(20.0, gt=0, le=120)
+
+
+# What to do with a message found in `sending` after a crash: SMTP cannot be asked whether it
+# took it. "review" parks it for a person; "resend" sends again with the same Message-ID.
+AfterCrash = Literal["review", "resend"]
+
+
+def reconcile_after_crash(after_crash: AfterCrash) -> Reconciled:
+    if after_crash == "resend":
+        return Reconciled("not_sent", detail="resent with the same Message-ID")
+    return Reconciled("unknown", detail="SMTP cannot say whether it took the message")
 
 
 def message_id(key: str, from_address: str) -> str:

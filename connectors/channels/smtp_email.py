@@ -25,7 +25,14 @@ from pydantic import Field
 
 from connectors.base import DeliveryResult, FamilyMessage, Idempotency, Reconciled
 from connectors.registry import register
-from connectors.smtp import SMTP_POLICY, SmtpSender, SmtpServerSettings, message_id
+from connectors.smtp import (
+    SMTP_POLICY,
+    AfterCrash,
+    SmtpSender,
+    SmtpServerSettings,
+    message_id,
+    reconcile_after_crash,
+)
 from service.clock import utcnow
 from service.config import ChannelSettings, Settings
 from service.consent import unsubscribe_url
@@ -43,7 +50,7 @@ class SmtpEmailSettings(ChannelSettings, SmtpServerSettings):
     unsubscribe_secret: str = Field(min_length=16)
     # After a crash between the server's answer and our record: "review" parks the message for
     # a person; "resend" sends it again with the same Message-ID.
-    after_crash: Literal["review", "resend"] = "review"
+    after_crash: AfterCrash = "review"
 
 
 def to_html(text: str, unsubscribe: str, language: str) -> str:
@@ -108,9 +115,7 @@ class SmtpEmailChannel:
         return DeliveryResult(external_id=email["Message-ID"])
 
     def reconcile(self, key: str, message_to: str, since: datetime) -> Reconciled:
-        if self.cfg.after_crash == "resend":
-            return Reconciled("not_sent", detail="resent with the same Message-ID")
-        return Reconciled("unknown", detail="SMTP cannot say whether it took the message")
+        return reconcile_after_crash(self.cfg.after_crash)
 
 
 def build(settings: Settings, cfg: SmtpEmailSettings) -> SmtpEmailChannel:

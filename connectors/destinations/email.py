@@ -24,7 +24,14 @@ from typing import Any, Literal
 from connectors.base import DeliveryResult, Idempotency, Link, Reconciled
 from connectors.destinations.task_text import task_text
 from connectors.registry import register
-from connectors.smtp import SMTP_POLICY, SmtpSender, SmtpServerSettings, message_id
+from connectors.smtp import (
+    SMTP_POLICY,
+    AfterCrash,
+    SmtpSender,
+    SmtpServerSettings,
+    message_id,
+    reconcile_after_crash,
+)
 from service.clock import utcnow
 from service.config import DestinationSettings, Settings
 from service.errors import PermanentError
@@ -41,7 +48,7 @@ class EmailDestinationSettings(DestinationSettings, SmtpServerSettings):
     digest: bool = False
     # After a crash between the server's answer and our record: "review" parks the email for a
     # person; "resend" sends it again with the same Message-ID.
-    after_crash: Literal["review", "resend"] = "review"
+    after_crash: AfterCrash = "review"
 
 
 class EmailDestination:
@@ -99,9 +106,7 @@ class EmailDestination:
         return None  # mail cannot be searched; the kind is "none", not "stored_link"
 
     def reconcile(self, key: str, subject: str, since: datetime) -> Reconciled:
-        if self.cfg.after_crash == "resend":
-            return Reconciled("not_sent", detail="resent with the same Message-ID")
-        return Reconciled("unknown", detail="SMTP cannot say whether it took the message")
+        return reconcile_after_crash(self.cfg.after_crash)
 
 
 def build(settings: Settings, cfg: EmailDestinationSettings) -> EmailDestination:
