@@ -35,4 +35,15 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
             ), 503
         return jsonify(status="ok", database="ok", schema=version)
 
+    @app.get("/readyz")
+    def readyz() -> Any:
+        """Ready to serve: the database answers at the code's schema, and, when a scheduler has
+        ever led, its heartbeat is fresh (a stale one means nobody fires the schedules)."""
+        from service.readiness import readiness
+
+        ready, checks = readiness(engine, settings)
+        return jsonify(status="ready" if ready else "not ready", checks=checks), (
+            200 if ready else 503
+        )
+
     return app

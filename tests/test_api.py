@@ -67,3 +67,41 @@ def test_healthz_is_503_without_leaking_the_connection_string(
     assert response.get_json()["status"] != "ok"
     for leak in (SECRET, url, "casebridge-x.db", "/proc/nonexistent", "127.0.0.1", "psycopg"):
         assert leak not in body, f"/healthz body reveals {leak!r}: {body}"
+
+
+def test_readyz_follows_the_scheduler_heartbeat(
+    engine: Engine, db_url: str, tmp_path: Path
+) -> None:
+    from datetime import UTC, datetime, timedelta
+
+    from jobs.scheduler import beat
+    from service.models import SchedulerHeartbeat
+
+    settings = settings_for(db_url, tmp_path / "data", tmp_path / "out")
+    client = create_app(settings, engine).test_client()
+
+    first = client.get("/readyz")
+    assert first.status_code == 200, first.get_json()
+    assert first.get_json()["checks"]["scheduler"] == "no scheduler has led yet"
+
+    beat(engine, datetime.now(UTC))
+    assert client.get("/readyz").get_json()["checks"]["scheduler"]["fresh"] is True
+    with engine.begin() as conn:  # the leader died an hour ago and nobody took over
+        conn.execute(
+            SchedulerHeartbeat.__table__.update().values(
+                beat_at=datetime.now(UTC) - timedelta(hours=1)
+            )
+        )
+    stale = client.get("/readyz")
+    assert stale.status_code == 503
+    assert stale.get_json()["checks"]["scheduler"]["fresh"] is False
+
+
+def test_readyz_says_when_the_database_is_behind_the_code(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'old.db'}"
+    db.upgrade(url, "0002")
+    settings = settings_for(url, tmp_path / "data", tmp_path / "out")
+    client = create_app(settings, create_engine(url)).test_client()
+    answer = client.get("/readyz")
+    assert answer.status_code == 503
+    assert "Run `casebridge db upgrade` first" in answer.get_json()["checks"]["database"]
