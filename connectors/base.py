@@ -187,6 +187,16 @@ class Destination(Protocol):
         ...
 
 
+class FindsItsLink:
+    """For `stored_link` destinations: after a crash the core asks `find(subject)` whether a
+    create landed, never `reconcile`; this answers the protocol's method once for all of them."""
+
+    name: str
+
+    def reconcile(self, key: str, subject: str, since: datetime) -> Reconciled:
+        raise PermanentError(f"{self.name} keeps stored links; the core reconciles with find")
+
+
 class Channel(Protocol):
     """A way to reach a family (SMS, email)."""
 

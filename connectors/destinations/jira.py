@@ -18,10 +18,9 @@ The `jira` package is not used: it wraps the removed `/search` endpoint and retr
 from __future__ import annotations
 
 import base64
-from datetime import datetime
 from typing import Any, Literal
 
-from connectors.base import DeliveryResult, Idempotency, Link, Reconciled
+from connectors.base import DeliveryResult, FindsItsLink, Idempotency, Link
 from connectors.destinations.http_base import HttpDestinationSettings, ToolHttp
 from connectors.destinations.task_text import task_text
 from connectors.registry import register
@@ -53,7 +52,7 @@ def adf(text: str) -> dict[str, Any]:
     return {"type": "doc", "version": 1, "content": paragraphs}
 
 
-class JiraDestination:
+class JiraDestination(FindsItsLink):
     idempotency: Idempotency = "stored_link"
 
     def __init__(self, name: str, cfg: JiraSettings) -> None:
@@ -121,9 +120,6 @@ class JiraDestination:
         )  # fmt: skip
         issues = resp.json().get("issues") or []
         return Link(str(issues[0]["key"])) if issues else None
-
-    def reconcile(self, key: str, subject: str, since: datetime) -> Reconciled:
-        raise PermanentError("jira keeps stored links; the core reconciles with find")
 
 
 def build(settings: Settings, cfg: JiraSettings) -> JiraDestination:

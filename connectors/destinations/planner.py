@@ -18,13 +18,12 @@ which the core must control (a create is never repeated blindly, see `http_base`
 from __future__ import annotations
 
 import threading
-from datetime import datetime
 from typing import Any, Literal
 
 import requests
 from pydantic import Field
 
-from connectors.base import DeliveryResult, Idempotency, Link, Reconciled
+from connectors.base import DeliveryResult, FindsItsLink, Idempotency, Link
 from connectors.destinations.http_base import (
     HttpDestinationSettings,
     TokenAuth,
@@ -35,7 +34,7 @@ from connectors.destinations.task_text import task_text
 from connectors.registry import register
 from connectors.status import StatusReport
 from service.config import Settings, Strict
-from service.errors import PermanentError, TransientError
+from service.errors import TransientError
 
 PRIORITY = {"high": 1, "medium": 5, "low": 9}  # Planner: 1 urgent, 3 important, 5, 9 low
 MAX_CONFLICTS = 3
@@ -70,7 +69,7 @@ def marker(subject: str) -> str:
     return f"[{subject}]"
 
 
-class PlannerDestination:
+class PlannerDestination(FindsItsLink):
     idempotency: Idempotency = "stored_link"
     # A create whose answer was lost may lack its details: after `find`, update it (delivery.py).
     update_after_find = True
@@ -217,9 +216,6 @@ class PlannerDestination:
                                                 self.name, actor=who))  # fmt: skip
                 url = page.get("@odata.nextLink")
         return reports
-
-    def reconcile(self, key: str, subject: str, since: datetime) -> Reconciled:
-        raise PermanentError("planner keeps stored links; the core reconciles with find")
 
 
 def build(settings: Settings, cfg: PlannerSettings) -> PlannerDestination:

@@ -26,7 +26,7 @@ import jwt
 import requests
 from pydantic import Field
 
-from connectors.base import DeliveryResult, Idempotency, Link, Reconciled
+from connectors.base import DeliveryResult, FindsItsLink, Idempotency, Link
 from connectors.destinations.http_base import (
     HttpDestinationSettings,
     TokenAuth,
@@ -62,7 +62,7 @@ class SheetsSettings(HttpDestinationSettings):
     open_values: list[str] = ["open", "reopen", "reopened"]
 
 
-class SheetsDestination:
+class SheetsDestination(FindsItsLink):
     idempotency: Idempotency = "stored_link"
 
     def __init__(self, name: str, cfg: SheetsSettings) -> None:
@@ -156,9 +156,6 @@ class SheetsDestination:
     def find(self, subject: str) -> Link | None:
         row = self._row_of(self._keys(), subject)
         return Link(f"row-{row}") if row else None
-
-    def reconcile(self, key: str, subject: str, since: datetime) -> Reconciled:
-        raise PermanentError("sheets keeps stored links; the core reconciles with find")
 
     def poll_status(self) -> list[StatusReport]:
         """Rows whose Status a person changed since casebridge last wrote them."""

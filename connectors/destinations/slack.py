@@ -16,12 +16,11 @@ whether a post left, which the delivery core must know.
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Any, Literal
 
 from pydantic import Field
 
-from connectors.base import DeliveryResult, Idempotency, Link, Reconciled
+from connectors.base import DeliveryResult, FindsItsLink, Idempotency, Link
 from connectors.destinations.http_base import HttpDestinationSettings, ToolHttp
 from connectors.destinations.task_text import task_text
 from connectors.registry import register
@@ -43,7 +42,7 @@ class SlackSettings(HttpDestinationSettings):
     history_limit: int = Field(200, ge=1, le=999)
 
 
-class SlackDestination:
+class SlackDestination(FindsItsLink):
     idempotency: Idempotency = "stored_link"
 
     def __init__(self, name: str, cfg: SlackSettings) -> None:
@@ -98,9 +97,6 @@ class SlackDestination:
             ):
                 return Link(f"{self.cfg.channel}:{message['ts']}")
         return None
-
-    def reconcile(self, key: str, subject: str, since: datetime) -> Reconciled:
-        raise PermanentError("slack keeps stored links; the core reconciles with find")
 
 
 def build(settings: Settings, cfg: SlackSettings) -> SlackDestination:

@@ -22,13 +22,12 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any, Literal
 
-from connectors.base import DeliveryResult, Idempotency, Link, Reconciled
+from connectors.base import DeliveryResult, FindsItsLink, Idempotency, Link
 from connectors.destinations.http_base import HttpDestinationSettings, ToolHttp
 from connectors.destinations.signing import TOLERANCE_SECONDS, SignatureError
 from connectors.destinations.task_text import task_text
 from connectors.registry import register
 from service.config import Settings
-from service.errors import PermanentError
 
 PRIORITY = {"high": "high", "medium": "normal", "low": "low"}
 
@@ -84,7 +83,7 @@ def translate_trigger(event: Any) -> Any:
     return {"type": "task.status", "data": {k: v for k, v in data.items() if v}}
 
 
-class ZendeskDestination:
+class ZendeskDestination(FindsItsLink):
     idempotency: Idempotency = "stored_link"
 
     def __init__(self, name: str, cfg: ZendeskSettings) -> None:
@@ -132,9 +131,6 @@ class ZendeskDestination:
         )
         tickets = resp.json().get("tickets") or []
         return Link(str(tickets[0]["id"])) if tickets else None
-
-    def reconcile(self, key: str, subject: str, since: datetime) -> Reconciled:
-        raise PermanentError("zendesk keeps stored links; the core reconciles with find")
 
 
 def build(settings: Settings, cfg: ZendeskSettings) -> ZendeskDestination:
