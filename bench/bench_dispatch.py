@@ -14,31 +14,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
-import subprocess
 import sys
-import time
-import uuid
 from pathlib import Path
-
-import psycopg
-import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.dispatch_rig import evaluated, scratch_database, timed_dispatch  # noqa: E402
 from tests.conftest import raw_config_for  # noqa: E402
 from tools.synthetic import generate_district  # noqa: E402
-
-PG_ADMIN = "host=127.0.0.1 port=5432 user=postgres dbname=postgres"
-PG_URL = "postgresql+psycopg://postgres@127.0.0.1:5432"
-
-
-def cli(config: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "service.cli", "--config", str(config), *args],
-        cwd=ROOT, capture_output=True, text=True, check=True,
-    )  # fmt: skip
 
 
 def outcome_counts(url: str) -> dict[str, int]:
@@ -52,52 +36,19 @@ def outcome_counts(url: str) -> dict[str, int]:
 
 def bench(kind: str, students: int, workers: int, workdir: Path, data: Path) -> dict[str, object]:
     run_dir = workdir / kind
-    shutil.rmtree(run_dir, ignore_errors=True)
-    run_dir.mkdir(parents=True)
-    name = None
-    if kind == "sqlite":
-        url = f"sqlite:///{run_dir / 'casebridge.db'}"
-    else:
-        name = f"cb_bench_{uuid.uuid4().hex[:8]}"
-        with psycopg.connect(PG_ADMIN, autocommit=True) as admin:
-            admin.execute(f"CREATE DATABASE {name}")
-        url = f"{PG_URL}/{name}"
-    try:
-        raw = raw_config_for(url, data, run_dir / "out")
-        config = run_dir / "district.yaml"
-        config.write_text(yaml.safe_dump(raw), encoding="utf-8")
-        cli(config, "db", "upgrade")
-        cli(config, "sync")
-        cli(config, "evaluate")
+    with scratch_database(kind, run_dir) as url:
+        config = evaluated(raw_config_for(url, data, run_dir / "out"), run_dir)
         queued = sum(outcome_counts(url).values())
-        started = time.perf_counter()
-        procs = [
-            subprocess.Popen(
-                [sys.executable, "-m", "service.cli", "--config", str(config), "dispatch"],
-                cwd=ROOT,
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.PIPE,
-                text=True,
-            )
-            for _ in range(workers if kind == "postgres" else 1)
-        ]
-        for p in procs:
-            _, err = p.communicate()
-            if p.returncode != 0:
-                raise SystemExit(f"dispatch failed: {err[-2000:]}")
-        seconds = time.perf_counter() - started
+        workers = workers if kind == "postgres" else 1
+        seconds = timed_dispatch(config, workers)
         return {
             "database": kind,
-            "workers": len(procs),
+            "workers": workers,
             "items": queued,
             "seconds": round(seconds, 2),
             "items_per_second": round(queued / seconds, 1),
             "outcomes": outcome_counts(url),
         }
-    finally:
-        if name:
-            with psycopg.connect(PG_ADMIN, autocommit=True) as admin:
-                admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
 
 
 def main() -> None:

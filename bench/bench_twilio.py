@@ -15,97 +15,51 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
-import subprocess
 import sys
-import time
-import uuid
 from collections import Counter
 from pathlib import Path
-
-import psycopg
-import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.dispatch_rig import evaluated, scratch_database, timed_dispatch  # noqa: E402
 from tests.conftest import raw_config_for  # noqa: E402
 from tests.fixtures.twilio_server import ACCOUNT_SID, AUTH_TOKEN, TwilioServer  # noqa: E402
 from tools.synthetic import generate_district  # noqa: E402
 
-PG_ADMIN = "host=127.0.0.1 port=5432 user=postgres dbname=postgres"
-PG_URL = "postgresql+psycopg://postgres@127.0.0.1:5432"
-
-
-def cli(config: Path, *args: str) -> None:
-    subprocess.run([sys.executable, "-m", "service.cli", "--config", str(config), *args],
-                   cwd=ROOT, capture_output=True, text=True, check=True)  # fmt: skip
-
 
 def run(kind: str, rate: float, workers: int, workdir: Path, data: Path) -> dict[str, object]:
     run_dir = workdir / kind
-    shutil.rmtree(run_dir, ignore_errors=True)
-    run_dir.mkdir(parents=True)
-    name = None
-    if kind == "sqlite":
-        url = f"sqlite:///{run_dir / 'casebridge.db'}"
-        workers = 1
-    else:
-        name = f"cb_bench_{uuid.uuid4().hex[:8]}"
-        with psycopg.connect(PG_ADMIN, autocommit=True) as admin:
-            admin.execute(f"CREATE DATABASE {name}")
-        url = f"{PG_URL}/{name}"
+    workers = workers if kind == "postgres" else 1
     server = TwilioServer()
     server.start()
     server.state.max_per_second = int(rate) + 1
     try:
-        channel = {
-            "name": "sms", "kind": "twilio_sms", "account_sid": ACCOUNT_SID,
-            "auth_token": AUTH_TOKEN, "from_number": "+15005550006",
-            "public_url": "https://casebridge.example.org", "api_base_url": server.base_url,
-            "rate_per_second": rate,
-        }  # fmt: skip
-        email = {"name": "email", "kind": "file", "medium": "email", "path": "email.jsonl"}
-        raw = raw_config_for(url, data, run_dir / "out", channels=[channel, email])
-        raw["policy"]["family_cap"] = {"messages": 10, "days": 7}
-        config = run_dir / "district.yaml"
-        config.write_text(yaml.safe_dump(raw), encoding="utf-8")
-        cli(config, "db", "upgrade")
-        cli(config, "sync")
-        cli(config, "evaluate")
-        started = time.perf_counter()
-        procs = [
-            subprocess.Popen(
-                [sys.executable, "-m", "service.cli", "--config", str(config), "dispatch"],
-                cwd=ROOT,
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.PIPE,
-                text=True,
-            )
-            for _ in range(workers)
-        ]
-        for p in procs:
-            _, err = p.communicate()
-            if p.returncode != 0:
-                raise SystemExit(f"dispatch failed: {err[-2000:]}")
-        seconds = time.perf_counter() - started
-        messages = server.messages
-        arrivals = sorted(m.created.timestamp() for m in messages)
-        span = arrivals[-1] - arrivals[0] if len(arrivals) > 1 else 0.0
-        achieved = (len(arrivals) - 1) / span if span else 0.0
-        twice = sum(n - 1 for n in Counter((m.to, m.body) for m in messages).values() if n > 1)
-        ok = abs(achieved - rate) <= 0.05 * rate and server.state.too_many == 0 and twice == 0
-        return {
-            "database": kind, "workers": workers, "rate_cap": rate, "texts": len(messages),
-            "achieved_per_second": round(achieved, 2), "http_429": server.state.too_many,
-            "sent_twice": twice, "dispatch_seconds": round(seconds, 1),
-            "result": "PASS" if ok else "FAIL",
-        }  # fmt: skip
+        with scratch_database(kind, run_dir) as url:
+            channel = {
+                "name": "sms", "kind": "twilio_sms", "account_sid": ACCOUNT_SID,
+                "auth_token": AUTH_TOKEN, "from_number": "+15005550006",
+                "public_url": "https://casebridge.example.org", "api_base_url": server.base_url,
+                "rate_per_second": rate,
+            }  # fmt: skip
+            email = {"name": "email", "kind": "file", "medium": "email", "path": "email.jsonl"}
+            raw = raw_config_for(url, data, run_dir / "out", channels=[channel, email])
+            raw["policy"]["family_cap"] = {"messages": 10, "days": 7}
+            seconds = timed_dispatch(evaluated(raw, run_dir), workers)
+            messages = server.messages
+            arrivals = sorted(m.created.timestamp() for m in messages)
+            span = arrivals[-1] - arrivals[0] if len(arrivals) > 1 else 0.0
+            achieved = (len(arrivals) - 1) / span if span else 0.0
+            twice = sum(n - 1 for n in Counter((m.to, m.body) for m in messages).values() if n > 1)
+            ok = abs(achieved - rate) <= 0.05 * rate and server.state.too_many == 0 and twice == 0
+            return {
+                "database": kind, "workers": workers, "rate_cap": rate, "texts": len(messages),
+                "achieved_per_second": round(achieved, 2), "http_429": server.state.too_many,
+                "sent_twice": twice, "dispatch_seconds": round(seconds, 1),
+                "result": "PASS" if ok else "FAIL",
+            }  # fmt: skip
     finally:
         server.stop()
-        if name:
-            with psycopg.connect(PG_ADMIN, autocommit=True) as admin:
-                admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
 
 
 def main() -> None:
