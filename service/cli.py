@@ -757,3 +757,8 @@ def resources_import(ctx: click.Context, source: str | None) -> None:
     console.print(table)
     for record_id, reason in report.quarantined:
         console.print(f"[yellow]quarantined[/] {escape(str(record_id))}: {escape(reason)}")
+
+
+from service.cli_tokens import token_group  # noqa: E402  (registered after `main` exists)
+
+main.add_command(token_group)

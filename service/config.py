@@ -279,6 +279,27 @@ class ScheduleConfig(Strict):
         return value
 
 
+class ApiConfig(Strict):
+    """The HTTP API. Rate limits use flask-limiter's syntax ("30 per minute"); with more than one
+    API process, point `rate_limit_storage` at a shared store (e.g. `redis://host:6379`)."""
+
+    referral_rate_limit: str = "30 per minute"
+    rate_limit_storage: str = "memory://"
+    # CORS is off: no browser page on another origin may call the API unless it is listed here.
+    cors_origins: list[str] = []
+
+    @field_validator("referral_rate_limit")
+    @classmethod
+    def _limit_parses(cls, value: str) -> str:
+        from limits import parse_many
+
+        try:
+            parse_many(value)
+        except ValueError as exc:
+            raise ValueError(f"not a rate limit (try '30 per minute'): {exc}") from exc
+        return value
+
+
 class Settings(Strict):
     district: DistrictConfig
     database: DatabaseConfig = DatabaseConfig()
@@ -300,6 +321,7 @@ class Settings(Strict):
     outbox: OutboxConfig = OutboxConfig()
     policy: PolicyConfig = PolicyConfig()
     schedules: ScheduleConfig = ScheduleConfig()
+    api: ApiConfig = ApiConfig()
 
     # Where the file was read from; relative paths in it are taken from there.
     base_dir: Path = Path(".")

@@ -485,6 +485,23 @@ class SchedulerHeartbeat(Base):
     beat_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
 
 
+class ApiToken(Base):
+    """A caller of the HTTP API. Only the SHA-256 of the token is stored: a token is 256 random
+    bits, so a plain digest cannot be reversed, and a lost token is revoked and replaced."""
+
+    __tablename__ = "api_tokens"
+    id: Mapped[int] = mapped_column(SerialId, primary_key=True, autoincrement=True)
+    name: Mapped[str] = mapped_column(String(128))
+    token_sha256: Mapped[str] = mapped_column(String(64), unique=True)
+    prefix: Mapped[str] = mapped_column(String(16))  # the first characters, to tell tokens apart
+    scopes: Mapped[list[Any]] = mapped_column(Json)
+    schools: Mapped[list[Any] | None] = mapped_column(Json)  # None: every school
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    last_used_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
 # -- families (issue 8): consent history, provider message states, send-rate slots -------------
 
 

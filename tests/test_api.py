@@ -36,7 +36,7 @@ def test_healthz_reports_ok_and_the_schema_revision(
     assert response.status_code == 200, response.get_data(as_text=True)
     body = response.get_json()
     assert body["status"] == "ok"
-    assert body["schema"] == head
+    assert body["schema_revision"] == head
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
