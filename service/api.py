@@ -7,6 +7,7 @@ from typing import Any
 from flask import Flask, jsonify
 from sqlalchemy import Engine, text
 
+from service import logging as cb_logging
 from service import tool_webhooks
 from service.config import Settings, load_settings
 from service.pipeline import open_engine
@@ -18,6 +19,7 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
     app = Flask("casebridge")
     app.config["CASEBRIDGE_SETTINGS"] = settings
     app.config["CASEBRIDGE_ENGINE"] = engine
+    cb_logging.bind_requests(app)  # a run_id per request on every log line
     from service.webhooks import blueprint as families  # Twilio webhooks, email unsubscribe
 
     app.register_blueprint(families)
