@@ -7,6 +7,8 @@ import threading
 from collections.abc import Callable, Iterator
 from typing import Generic, TypeVar
 
+from service.logging import carry_context
+
 T = TypeVar("T")
 _DONE = object()
 
@@ -20,7 +22,10 @@ class Prefetch(Generic[T]):
     def __init__(self, produce: Callable[[], Iterator[T]], depth: int = 4) -> None:
         self._queue: queue.Queue[object] = queue.Queue(maxsize=depth)
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, args=(produce,), daemon=True)
+        # The thread logs with the importing run's run_id (threads do not inherit contextvars).
+        self._thread = threading.Thread(
+            target=carry_context(self._run), args=(produce,), daemon=True
+        )
         self._thread.start()
 
     def _put(self, item: object) -> bool:

@@ -28,6 +28,7 @@ from jobs.tasks import digest_job, dispatch_job, nightly_job, tool_poll_job
 from service.clock import utcnow
 from service.config import Settings, cron_trigger
 from service.digest import digest_destinations
+from service.logging import run_context
 from service.models import JobRun, SchedulerHeartbeat
 from service.pipeline import open_engine
 
@@ -108,17 +109,18 @@ def fire_once(engine: Engine, job: str, slot: datetime, run: Callable[[], None])
         log.info("scheduler.slot_taken", job=job, slot=slot.isoformat())
         return False
     outcome = "ok"
-    try:
-        run()
-    except Exception as exc:  # recorded on the run; the schedule goes on
-        outcome = f"failed: {type(exc).__name__}"
-        log.error("scheduler.job_failed", job=job, error=type(exc).__name__)
-    with engine.begin() as conn:
-        conn.execute(
-            update(JobRun)
-            .where(JobRun.job == job, JobRun.slot == slot)
-            .values(finished_at=utcnow(), outcome=outcome)
-        )
+    with run_context(job, slot=slot.isoformat()):  # every line of this run: one run_id
+        try:
+            run()
+        except Exception as exc:  # recorded on the run; the schedule goes on
+            outcome = f"failed: {type(exc).__name__}"
+            log.error("scheduler.job_failed", job=job, error=type(exc).__name__)
+        with engine.begin() as conn:
+            conn.execute(
+                update(JobRun)
+                .where(JobRun.job == job, JobRun.slot == slot)
+                .values(finished_at=utcnow(), outcome=outcome)
+            )
     return True
 
 
@@ -150,11 +152,13 @@ class Scheduler:
 
     def _run_dispatch(self) -> None:
         if self._still_leading():
-            dispatch_job(self.engine, self.settings)
+            with run_context("dispatch"):
+                dispatch_job(self.engine, self.settings)
 
     def _run_tool_poll(self) -> None:
         if self._still_leading():
-            tool_poll_job(self.engine, self.settings)
+            with run_context("tool_poll"):
+                tool_poll_job(self.engine, self.settings)
 
     def _still_leading(self) -> bool:
         if self.leadership.alive():

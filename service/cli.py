@@ -73,12 +73,29 @@ def _settings(ctx: click.Context) -> Settings:
     show_default=True,
     help="District configuration file (or $CASEBRIDGE_CONFIG).",
 )
-@click.option("--log-level", default="WARNING", show_default=True)
-@click.option("--log-json", is_flag=True, help="Logs as JSON lines (for log shippers).")
+@click.option(
+    "--log-level",
+    envvar="CASEBRIDGE_LOG_LEVEL",
+    help="DEBUG, INFO, WARNING... [default: INFO for worker and scheduler, else WARNING]",
+)
+@click.option(
+    "--log-json/--log-console",
+    "log_json",
+    default=None,
+    envvar="CASEBRIDGE_LOG_JSON",
+    help="Logs as JSON lines (for log shippers) or readable lines. [default: JSON for the "
+    "service roles (worker, scheduler), readable for other commands]",
+)
 @click.pass_context
-def main(ctx: click.Context, config: str, log_level: str, log_json: bool) -> None:
+def main(ctx: click.Context, config: str, log_level: str | None, log_json: bool | None) -> None:
     """casebridge: SIS data in, cases, staff tasks and family messages out."""
-    cb_logging.configure(log_level.upper(), log_json)
+    role = ctx.invoked_subcommand in cb_logging.SERVICE_ROLES
+    cb_logging.configure(
+        (log_level or ("INFO" if role else "WARNING")).upper(),
+        role if log_json is None else log_json,
+    )
+    # One run_id for every line this command logs (a worker's passes get their own).
+    cb_logging.bind_run(command=ctx.invoked_subcommand or "")
     ctx.ensure_object(dict)
     ctx.obj["config"] = config
 
@@ -462,7 +479,8 @@ def worker(ctx: click.Context, interval: float | None, once: bool) -> None:
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     pause = interval if interval is not None else settings.schedules.dispatch_interval_seconds
     while True:
-        report = run_dispatch(engine, settings)
+        with cb_logging.run_context("dispatch"):  # each pass is one run in the logs
+            report = run_dispatch(engine, settings)
         if report.delivered or report.dead or report.needs_review:
             console.print(
                 f"delivered {report.delivered}, retried {report.retried}, dead {report.dead}, "

@@ -32,6 +32,7 @@ from typing import Any
 
 import structlog
 from sqlalchemy import Connection, Engine, and_, or_, select, update
+from structlog.contextvars import bound_contextvars
 
 from connectors.base import DeliveryResult
 from service.bulk import insert_new, table
@@ -39,6 +40,7 @@ from service.clock import utcnow
 from service.config import OutboxConfig
 from service.delivery import Deliverer, Send, Skip
 from service.errors import AddressRejected, OutcomeUnknown, PermanentError, TransientError
+from service.logging import carry_context
 from service.models import OutboxItem
 
 log = structlog.get_logger(__name__)
@@ -154,7 +156,9 @@ class LeaseKeeper:
         self.token = token
         self.lease = lease_seconds
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="outbox-lease", daemon=True)
+        self._thread = threading.Thread(
+            target=carry_context(self._run), name="outbox-lease", daemon=True
+        )  # its log lines keep the dispatch's run_id
 
     def __enter__(self) -> LeaseKeeper:
         self._thread.start()
@@ -224,7 +228,8 @@ class Dispatcher:
                 return self.report
             with LeaseKeeper(self.engine, token, self.cfg.lease_seconds, self.clock):
                 for item in items:
-                    self.one(item, token)
+                    with bound_contextvars(case_id=item.case_id, outbox_id=item.id):
+                        self.one(item, token)
                     if on_item:
                         on_item()
 

@@ -96,7 +96,7 @@ def apply_report(conn: Connection, settings: Settings, report: StatusReport) -> 
     )
     destinations = [d.name for d in settings.destinations]
     enqueue(conn, task_upserts(destinations, case.id, case.student_id, revision))
-    log.info("tool_status.applied", case=case.id, outcome=outcome, via=report.via)
+    log.info("tool_status.applied", case_id=case.id, outcome=outcome, via=report.via)
     return outcome
 
 

@@ -19,6 +19,7 @@ import yaml
 from sqlalchemy import Engine
 
 from service import db
+from service import logging as cb_logging
 from service.config import Settings, parse_settings
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -29,6 +30,13 @@ PG_ADMIN_DSN = os.environ.get(
 PG_URL = os.environ.get("CASEBRIDGE_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432")
 
 _pg_state: dict[str, str | None] = {}
+
+
+@pytest.fixture(autouse=True)
+def _reset_logging() -> Iterator[None]:
+    """A command run in-process configures logging for the process: undo it after each test."""
+    yield
+    cb_logging.reset()
 
 
 def _pg_problem() -> str | None:

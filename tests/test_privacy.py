@@ -250,3 +250,165 @@ def test_shipped_templates_are_checked_in_every_language() -> None:
     assert set(notices) == set(STOP_LINE)
     for lang, template in notices.items():
         assert template.rstrip().endswith(STOP_LINE[lang])
+
+
+# -- the whole run, real channels, webhooks, every logger at DEBUG -------------------------------
+
+PLANTED_GIVEN = ["Zenobia", "Thelonius", "Marisol", "Oluwaseun", "Bartholomew", "Evangelina",
+                 "Xiomara", "Ignatius", "Perpetua", "Leopoldo", "Anastasia",
+                 "Cornelius"]  # fmt: skip
+PLANTED_FAMILY = ["Quackenbush", "Villasenor", "Okonkwo-Reyes", "Fairweather", "Castellanos",
+                  "Wojciechowski", "Abernathy", "Thistlewood", "Nakagawa", "Oyelaran",
+                  "Zurbriggen", "Montgomery-Pike"]  # fmt: skip
+
+
+@dataclass
+class Planted(Pii):
+    birth_dates: set[str] = field(default_factory=set)
+
+
+def plant(data: Path) -> tuple[Planted, list[str]]:
+    """Known names, birth dates, phones and emails in a generated district's users.csv.
+
+    Every student gets a birth date (`metadata.birthDate`); the first students and their
+    guardians get the names above, and the guardians phones and emails written the ways SIS
+    exports write them. One planted student's row is repeated, so its copies are quarantined
+    with their birth dates. Returns what was planted and the planted guardians' E.164 numbers.
+    """
+    users = data / "oneroster" / "users.csv"
+    with users.open(encoding="utf-8", newline="") as fh:
+        reader = csv.DictReader(fh)
+        header = [*(reader.fieldnames or []), "metadata.birthDate"]
+        rows = list(reader)
+    with (data / "oneroster" / "roles.csv").open(encoding="utf-8", newline="") as fh:
+        roles = {r["userSourcedId"]: r["role"] for r in csv.DictReader(fh)}
+    planted, numbers = Planted(), []
+    students = [r for r in rows if roles.get(r["sourcedId"]) == "student"]
+    by_id = {r["sourcedId"]: r for r in rows}
+    for n, student in enumerate(students):
+        born = date(2010 + n % 5, 1 + n % 12, 1 + (7 * n) % 28)
+        student["metadata.birthDate"] = born.isoformat()
+        planted.birth_dates |= {born.isoformat(), born.strftime("%m/%d/%Y"), f"{born:%Y%m%d}"}
+        if n >= len(PLANTED_GIVEN):
+            continue
+        student["givenName"], student["familyName"] = PLANTED_GIVEN[n], PLANTED_FAMILY[n]
+        student["preferredGivenName"] = ""
+        planted.add(PLANTED_GIVEN[n], PLANTED_FAMILY[n], student["email"])
+        for g, agent in enumerate(a for a in student["agentSourcedIds"].split(",") if a):
+            guardian = by_id[agent]
+            given = PLANTED_GIVEN[(n + 5 + g) % len(PLANTED_GIVEN)] + "a"
+            guardian["givenName"], guardian["familyName"] = given, PLANTED_FAMILY[n]
+            number = f"312555{n:02d}{g}{n % 10}"
+            area, exchange, line = number[:3], number[3:6], number[6:]
+            guardian["sms"] = (f"({area}) {exchange}-{line}", f"{area}.{exchange}.{line}",
+                               f"+1 {area} {exchange} {line}")[n % 3]  # fmt: skip
+            guardian["email"] = f"{given.lower()}.{PLANTED_FAMILY[n].lower()}@family.example.net"
+            numbers.append(f"+1{number}")
+            planted.add(given, PLANTED_FAMILY[n], guardian["email"], guardian["sms"], f"+1{number}")
+    rows.append({**students[-1], "metadata.birthDate": "2011-02-14"})  # a repeated key
+    planted.birth_dates |= {"2011-02-14", "02/14/2011", "20110214"}
+    with users.open("w", encoding="utf-8", newline="") as fh:
+        writer = csv.DictWriter(fh, header)
+        writer.writeheader()
+        writer.writerows(rows)
+    return planted, numbers
+
+
+def every_logger_at_debug() -> None:
+    """The root and every library logger at DEBUG, so nothing is hidden by a level.
+
+    Two are left out on purpose: `sqlalchemy` (SQL echo prints result rows; casebridge never
+    turns it on and SQLAlchemy keeps it at WARNING) and `mail.log`, the logger of aiosmtpd, the
+    test's stand-in for the district's mail server: another system's logs, which print each
+    message it receives."""
+    cb_logging.configure("DEBUG", json=True)
+    for name in ["twilio", "twilio.http_client", "urllib3", "urllib3.connectionpool",
+                 "requests", "werkzeug", "flask", "apscheduler", "alembic",
+                 *logging.root.manager.loggerDict]:  # fmt: skip
+        if not name.startswith(("sqlalchemy", "mail.log")):
+            logging.getLogger(name).setLevel(logging.DEBUG)
+    logging.getLogger("mail.log").setLevel(logging.WARNING)
+
+
+def test_full_run_with_twilio_smtp_and_webhooks_logs_no_student_pii_at_debug(
+    db_url: str,
+    tmp_path: Path,
+    capfd: pytest.CaptureFixture[str],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    import time
+
+    from twilio.request_validator import RequestValidator
+
+    from connectors.channels.twilio_sms import e164
+    from service.api import create_app
+    from service.pipeline import open_engine
+    from tests.fixtures.http_server import Fault
+    from tests.fixtures.twilio_server import AUTH_TOKEN, TwilioServer
+    from tests.test_families_email import Inbox, free_port, smtp_channel
+    from tests.test_families_sms import PUBLIC, twilio_channel
+
+    started = time.monotonic()
+    generate_district(tmp_path / "data", students=40, seed=2, bad_rows=6)
+    planted, numbers = plant(tmp_path / "data")
+    everyone = generated_pii(tmp_path / "data")
+    twilio, inbox, port = TwilioServer(), Inbox(), free_port()
+    twilio.start()
+    from aiosmtpd.controller import Controller
+
+    mail = Controller(inbox, hostname="127.0.0.1", port=port)
+    mail.start()
+    try:
+        # The first text is cut off mid-request (reconciled by listing Twilio's messages to
+        # that number); every third number is invalid (those notices go by email instead).
+        twilio.faults.append(Fault("Messages.json", kind="drop"))
+        for number in sorted(e164(p, "US") or "" for p in everyone.phones)[::3]:
+            twilio.state.fail_numbers[number] = 21211
+        settings = settings_for(
+            db_url, tmp_path / "data", tmp_path / "out",
+            channels=[twilio_channel(twilio), smtp_channel(port)],
+            outbox={"base_delay_seconds": 0, "max_attempts": 4},
+        )  # fmt: skip
+        caplog.set_level(logging.DEBUG)
+        every_logger_at_debug()
+        engine = open_engine(settings)
+        try:
+            assert not [r.error for r in run_sync(engine, settings) if r.error]
+            assert run_evaluate(engine, settings).cases_opened > 0
+            report = run_dispatch(engine, settings)
+            app = create_app(settings, engine).test_client()
+            validator = RequestValidator(AUTH_TOKEN)
+
+            def twilio_post(path: str, form: dict[str, str]) -> int:
+                signature = validator.compute_signature(PUBLIC + path, form)
+                answer = app.post(path, data=form, headers={"X-Twilio-Signature": signature})
+                return answer.status_code
+
+            sent = twilio.messages[0]
+            assert twilio_post("/webhooks/twilio/sms/status", {
+                "MessageSid": sent.sid, "MessageStatus": "delivered", "To": sent.to,
+                "From": sent.sender, "AccountSid": "AC" + "0" * 32,
+            }) == 204  # fmt: skip
+            stop = f"This is {PLANTED_GIVEN[0]}'s mom, please stop texting me"
+            assert twilio_post("/webhooks/twilio/sms/inbound", {
+                "MessageSid": "SM" + "1" * 32, "From": numbers[0], "To": sent.sender,
+                "Body": stop,
+            }) == 200  # fmt: skip
+        finally:
+            engine.dispose()
+    finally:
+        mail.stop()
+        twilio.stop()
+
+    assert report.delivered > 0 and report.by_target["sms"] and report.by_target["email"]
+    assert report.reconciled or any(r.method == "GET" for r in twilio.requests)
+    assert inbox.messages, "no email reached the SMTP server"
+    logs = all_logs(capfd, caplog)
+    # The capture really holds the libraries' lines, and the scrubber had work to do there.
+    assert "urllib3.connectionpool" in logs and "twilio.http_client" in logs
+    assert "[redacted]" in logs
+    assert_no_pii_in(logs, planted)
+    assert_no_pii_in(logs, everyone)
+    born = sorted(d for d in planted.birth_dates if d in logs)
+    assert not born, f"birth dates in the logs: {born}"
+    print(f"full-run log test: {time.monotonic() - started:.1f}s, {len(logs):,} characters of logs")

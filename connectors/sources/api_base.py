@@ -31,6 +31,7 @@ from connectors.http import HttpClient, HttpStatusError, JsonPage
 from connectors.prefetch import Prefetch
 from connectors.sources.csv_chunks import digest64
 from service.errors import PermanentError
+from service.logging import carry_context
 
 log = structlog.get_logger(__name__)
 
@@ -161,8 +162,9 @@ class OffsetPaginator:
                 # Reverse order inside a group: a record vanishing mid-pull repeats a row
                 # rather than skip one (a whole-reverse group is in reverse order already).
                 order = group if self.whole_reverse else reversed(group)
-                return {o: pool.submit(http.get_json, url, {**params, "offset": o,
-                                                            "limit": step})
+                # carry_context: the page fetches log with the import's run_id.
+                return {o: pool.submit(carry_context(http.get_json), url,
+                                       {**params, "offset": o, "limit": step})
                         for o in order if o not in fetched}  # fmt: skip
 
             ahead = submit(groups[0]) if groups else {}

@@ -16,6 +16,7 @@ from flask_openapi3 import Info, OpenAPI
 from pydantic import BaseModel
 from sqlalchemy import Engine, text
 
+from service import logging as cb_logging
 from service import tool_webhooks
 from service.api import problems
 from service.api.limits import limiter
@@ -59,6 +60,7 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
     app.config["CASEBRIDGE_ENGINE"] = engine
     app.config["RATELIMIT_STORAGE_URI"] = settings.api.rate_limit_storage
     app.json.sort_keys = False  # type: ignore[attr-defined]
+    cb_logging.bind_requests(app)  # a run_id per request on every log line
     problems.install(app)
     limiter.init_app(app)
     if settings.api.cors_origins:
