@@ -3,6 +3,8 @@
 - A *source* reads one outside system and yields raw records in chunks, stream by stream.
 - A *destination* upserts one case task into a staff tool and says how it stays idempotent.
 - A *channel* sends one rendered family message and says how it stays idempotent.
+- Either may also take a batch in one call (`deliver_many`: one request, one fsync); one item
+  per call stays the default.
 
 Connectors do I/O and nothing else: mapping lives in `mappings/`, storage in `service/`.
 """
@@ -10,7 +12,7 @@ Connectors do I/O and nothing else: mapping lives in `mappings/`, storage in `se
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Literal, Protocol
@@ -209,6 +211,45 @@ class Channel(Protocol):
     def reconcile(self, key: str, message_to: str, since: datetime) -> Reconciled:
         """Did the message with `key` to `message_to`, sent after `since`, go out?"""
         ...
+
+
+@dataclass(frozen=True)
+class TaskUpsert:
+    """One `upsert_task` call, as an entry of a destination's batch."""
+
+    key: str
+    subject: str
+    task: dict[str, Any]
+    link: Link | None
+
+
+@dataclass(frozen=True)
+class OutgoingMessage:
+    """One `send` call, as an entry of a channel's batch."""
+
+    key: str
+    message: FamilyMessage
+
+
+class DeliversTasksInBatches(Protocol):
+    """Optional for a destination that can take several tasks in one call.
+
+    Returns one entry per upsert, in order: its result, or the error of the taxonomy that one
+    alone met. Raising says the same of every entry: `TransientError` that none took effect,
+    `OutcomeUnknown` that any may have. The core commits `sending` first for the entries that
+    need it, exactly as for a single call.
+    """
+
+    def deliver_many(self, upserts: Sequence[TaskUpsert]) -> list[DeliveryResult | Exception]: ...
+
+
+class SendsInBatches(Protocol):
+    """Optional for a channel that can take several messages in one call; the contract of
+    `DeliversTasksInBatches`. A channel with a per-sender rate is always called one by one."""
+
+    def deliver_many(
+        self, messages: Sequence[OutgoingMessage]
+    ) -> list[DeliveryResult | Exception]: ...
 
 
 @dataclass

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from service.errors import TransientError
+from service.errors import OutcomeUnknown, TransientError
 
 
 class JsonlStore:
@@ -48,15 +48,29 @@ class JsonlStore:
         return list(index.get(value, ()))
 
     def append(self, record: dict[str, Any]) -> None:
-        line = json.dumps(record, ensure_ascii=False, default=str)
+        self.append_many([record])
+
+    def append_many(self, records: list[dict[str, Any]]) -> None:
+        """Append the records with one write and one fsync.
+
+        Failing before the file is opened for writing is a `TransientError` (nothing was written);
+        failing during the write or the fsync is `OutcomeUnknown`: some lines may be there, so
+        the outbox asks `find` (reconcile) before anything is written again.
+        """
+        text = "".join(json.dumps(r, ensure_ascii=False, default=str) + "\n" for r in records)
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            with self.path.open("a", encoding="utf-8") as fh:
-                fh.write(line + "\n")
-                fh.flush()
-                os.fsync(fh.fileno())  # durable before the outbox marks the item delivered
+            fh = self.path.open("a", encoding="utf-8")
         except OSError as exc:
             # A full disk or a permission fixed by IT: the outbox retries with backoff.
             raise TransientError(f"cannot write {self.path}: {exc.strerror or exc}") from exc
-        for field, index in self._index.items():
-            index.setdefault(record.get(field), []).append(record)
+        try:
+            with fh:
+                fh.write(text)
+                fh.flush()
+                os.fsync(fh.fileno())  # durable before the outbox marks the items delivered
+        except OSError as exc:
+            raise OutcomeUnknown(f"writing {self.path}: {exc.strerror or exc}") from exc
+        for record in records:
+            for field, index in self._index.items():
+                index.setdefault(record.get(field), []).append(record)

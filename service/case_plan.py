@@ -92,30 +92,53 @@ def next_check_in(
     return day, f"every {every} school days (weekdays: calendar ends)"
 
 
+def instructional_days_after(conn: Connection, starts: dict[str, date]) -> dict[str, list[date]]:
+    """Each school's instructional days after its start date, sorted: one query for them all
+    (a claimed batch of tasks reads its schools' calendars once)."""
+    out: dict[str, list[date]] = {s: [] for s in starts}
+    if not starts:
+        return out
+    q = (
+        select(CalendarDay.school_id, CalendarDay.day)
+        .where(CalendarDay.school_id.in_(sorted(starts)), CalendarDay.instructional,
+               CalendarDay.active, CalendarDay.day > min(starts.values()))
+        .order_by(CalendarDay.day)
+    )  # fmt: skip
+    for school_id, day in conn.execute(q):
+        if day > starts[school_id]:
+            out[school_id].append(day)
+    return out
+
+
+def days_between(days: list[date], start: date, end: date) -> list[date]:
+    """The days in (start, end] of a sorted list."""
+    return days[bisect_right(days, start) : bisect_right(days, end)]
+
+
 def _pct(absent: float, enrolled: float) -> str:
     return f"{round(100 * (enrolled - absent) / enrolled)}%"
 
 
 def progress(
-    conn: Connection, settings: Settings, case: Any, evidence: dict[str, Any], current: Any
+    settings: Settings,
+    case: Any,
+    evidence: dict[str, Any],
+    current: Any,
+    calendar: list[date],
+    absences: set[date],
 ) -> dict[str, Any] | None:
     """Attendance since the case opened against attendance at opening, and failures cleared.
 
     `evidence` is the first referral's (its indicator snapshot), `current` the student's
-    indicators now (as_of, course_failures). None when nothing can be said."""
+    indicators now (as_of, course_failures), `calendar` the case school's instructional days
+    since opening and `absences` the student's days absent. None when nothing can be said."""
     at_opening = evidence.get("indicators") or {}
     today, opened = current.as_of, opened_on(settings, case.opened_at, evidence)
     parts: list[str] = []
     categories: list[str] = []
-    days = school_days(conn, {case.school_id}, opened, today).get(case.school_id, []) if (
-        case.school_id) else []  # fmt: skip
+    days = days_between(calendar, opened, today) if case.school_id else []
     if days:
-        absent = conn.execute(
-            select(func.count(func.distinct(AttendanceEvent.day))).where(
-                AttendanceEvent.student_id == case.student_id, AttendanceEvent.active,
-                AttendanceEvent.category.in_(ABSENT), AttendanceEvent.day.in_(days),
-            )
-        ).scalar_one()  # fmt: skip
+        absent = sum(1 for d in days if d in absences)
         text = (f"attended {_pct(absent, len(days))} of school days since the case opened "
                 f"(missed {absent} of {len(days)})")  # fmt: skip
         was_absent = float(at_opening.get("absent_days") or 0)
@@ -152,20 +175,76 @@ def plan_view(
 ) -> dict[str, Any]:
     """The plan fields added to the task (only those that say something); `evidence` is the
     first referral's."""
+    return plan_views(conn, settings, [(case, evidence)])[case.id]
+
+
+def plan_views(
+    conn: Connection,
+    settings: Settings,
+    cases: list[tuple[Any, dict[str, Any]]],
+    calendar: dict[str, list[date]] | None = None,
+) -> dict[int, dict[str, Any]]:
+    """`plan_view` for many cases (case row, first referral's evidence) with three queries
+    however many there are. `calendar`: the schools' instructional days since the earliest
+    opening, when the caller has read them already."""
+    if not cases:
+        return {}
+    student_ids = sorted({case.student_id for case, _ in cases})
+    current = {
+        row.student_id: row
+        for row in conn.execute(
+            select(StudentIndicators.student_id, StudentIndicators.as_of,
+                   StudentIndicators.course_failures)
+            .where(StudentIndicators.student_id.in_(student_ids))
+        )
+    }  # fmt: skip
+    opened = {case.id: opened_on(settings, case.opened_at, evidence) for case, evidence in cases}
+    if calendar is None:
+        starts: dict[str, date] = {}
+        for case, _ in cases:
+            if case.school_id:
+                starts[case.school_id] = min(opened[case.id], starts.get(case.school_id, date.max))
+        calendar = instructional_days_after(conn, starts)
+    absences: dict[str, set[date]] = {}
+    measured = [opened[case.id] for case, _ in cases if case.student_id in current]
+    if measured:
+        q = (
+            select(AttendanceEvent.student_id, AttendanceEvent.day).distinct()
+            .where(AttendanceEvent.student_id.in_(sorted(current)), AttendanceEvent.active,
+                   AttendanceEvent.category.in_(ABSENT), AttendanceEvent.day > min(measured))
+        )  # fmt: skip
+        for student_id, day in conn.execute(q):
+            absences.setdefault(student_id, set()).add(day)
+    out: dict[int, dict[str, Any]] = {}
+    for case, evidence in cases:
+        out[case.id] = _plan_fields(
+            settings, case, evidence, current.get(case.student_id),
+            calendar.get(case.school_id or "", []), absences.get(case.student_id, set()),
+        )  # fmt: skip
+    return out
+
+
+def _plan_fields(
+    settings: Settings,
+    case: Any,
+    evidence: dict[str, Any],
+    current: Any,
+    calendar: list[date],
+    absences: set[date],
+) -> dict[str, Any]:
     out: dict[str, Any] = {}
-    current = conn.execute(
-        select(StudentIndicators.as_of, StudentIndicators.course_failures)
-        .where(StudentIndicators.student_id == case.student_id)
-    ).first()  # fmt: skip
-    line = progress(conn, settings, case, evidence, current) if current is not None else None
+    line = (
+        progress(settings, case, evidence, current, calendar, absences)
+        if current is not None
+        else None
+    )
     if line is not None:
         out["progress"] = line
     today = current.as_of if current is not None else opened_on(settings, case.opened_at, evidence)
     if case.status == "open" and settings.cases.check_in_every:
         opened = opened_on(settings, case.opened_at, evidence)
         horizon = today + timedelta(days=7 * settings.cases.check_in_every + 14)
-        days = school_days(conn, {case.school_id}, opened, horizon).get(case.school_id, []) if (
-            case.school_id) else []  # fmt: skip
+        days = days_between(calendar, opened, horizon) if case.school_id else []
         due, basis = next_check_in(settings, opened, today, days)
         if due is not None:
             out["next_check_in_due"] = due.isoformat()

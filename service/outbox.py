@@ -6,15 +6,20 @@ Delivery is at least once, and nothing a person would see happens twice:
    PostgreSQL; one atomic UPDATE on SQLite). Every later mark has the token in its `WHERE`: a
    worker whose lease ran out marks nothing. A background thread renews the lease while the
    worker delivers; a dead worker's items come back when the lease expires, on any host.
-2. `Deliverer.plan` applies send-time **policy** and **renders** against the data as it is now:
-   skip (suppressed, superseded), wait (quiet hours, caps) or send.
+2. `Deliverer.plan_many` applies send-time **policy** and **renders** against the data as it is
+   now, a claimed batch at a time with one read per table: skip (suppressed, superseded), wait
+   (quiet hours, caps) or send. A contact's second notice in the batch is planned in a later
+   round, after the first one's mark, so the family cap and repeated resources count it.
 3. For a target with no idempotency of its own (SMS, email, a create in a tool that issues its
-   own ids), `sending` is **committed before the call**. An item found in `sending` after a crash
-   is never resent blindly: the target's `reconcile` says sent, not sent, or unknown, and unknown
-   parks it in `needs_review` for a person (`casebridge outbox resolve`).
+   own ids), `sending` is **committed before the call** (for a target that takes a batch, for
+   the whole batch before its one call). An item found in `sending` after a crash is never
+   resent blindly: the target's `reconcile` says sent, not sent, or unknown, and unknown parks
+   it in `needs_review` for a person (`casebridge outbox resolve`).
 4. The **mark** (`delivered`, with the tool's id, the delivery link and the disclosure record) is
-   one transaction. Any error outside the taxonomy counts as a failed attempt: nothing stays
-   leased and the rest of the batch goes on.
+   one transaction; a batch sent in one call, or deliveries whose target drops a repeat of our
+   key, share it (an executemany with the token in every WHERE; if any claim was lost it rolls
+   back and each is marked alone). Any error outside the taxonomy counts as a failed attempt:
+   nothing stays leased and the rest of the batch goes on.
 """
 
 from __future__ import annotations
@@ -31,14 +36,13 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import structlog
-from sqlalchemy import Connection, Engine, and_, or_, select, update
-from structlog.contextvars import bound_contextvars
+from sqlalchemy import Connection, Engine, and_, bindparam, or_, select, update
 
 from connectors.base import DeliveryResult
 from service.bulk import insert_new, table
 from service.clock import utcnow
 from service.config import OutboxConfig
-from service.delivery import Deliverer, Send, Skip
+from service.delivery import Delivered, Deliverer, Send, Skip, Wait
 from service.errors import AddressRejected, OutcomeUnknown, PermanentError, TransientError
 from service.logging import carry_context
 from service.models import OutboxItem
@@ -187,6 +191,7 @@ class LeaseKeeper:
 # -- fenced marks -------------------------------------------------------------------------------
 
 RELEASE = {"claimed_until": None, "claimed_by": None, "claim_token": None}
+OUTBOX = table("outbox")
 
 
 def _mark(
@@ -207,7 +212,44 @@ def _mark_alone(engine: Engine, item: OutboxItem, token: str, values: dict[str, 
         return _mark(conn, item, token, values)
 
 
+def _mark_many(
+    conn: Connection,
+    token: str,
+    marks: list[tuple[OutboxItem, dict[str, Any]]],
+    keep: bool = False,
+) -> bool:
+    """The fenced `_mark` for many items: one executemany per set of changed columns. True when
+    this worker still held every one of them; otherwise the caller rolls back and marks them
+    one by one, so each lost claim is found and counted."""
+    shapes: dict[tuple[str, ...], list[dict[str, Any]]] = {}
+    for item, values in marks:
+        changes = values if keep else {**values, **RELEASE}
+        row = {f"v_{k}": v for k, v in changes.items()} | {"b_id": item.id, "b_token": token}
+        shapes.setdefault(tuple(sorted(changes)), []).append(row)
+    done = 0
+    for columns, rows in shapes.items():
+        statement = (
+            update(OUTBOX)
+            .where(OUTBOX.c.id == bindparam("b_id"), OUTBOX.c.claim_token == bindparam("b_token"))
+            .values({c: bindparam(f"v_{c}", type_=OUTBOX.c[c].type) for c in columns})
+        )
+        done += conn.execute(statement, rows).rowcount
+    return done == len(marks)
+
+
 # -- the dispatcher -----------------------------------------------------------------------------
+
+
+@dataclass
+class _Confirmed:
+    """A delivery the target confirmed, waiting for its delivered mark."""
+
+    item: OutboxItem
+    target: str
+    record: dict[str, Any]
+    result: DeliveryResult
+    # `sending` was committed before the call: an error from now on leaves it to reconcile.
+    sending: bool
 
 
 class Dispatcher:
@@ -227,82 +269,182 @@ class Dispatcher:
             if not items:
                 return self.report
             with LeaseKeeper(self.engine, token, self.cfg.lease_seconds, self.clock):
-                for item in items:
-                    with bound_contextvars(case_id=item.case_id, outbox_id=item.id):
-                        self.one(item, token)
-                    if on_item:
-                        on_item()
+                self.deliver(items, token)
+            if on_item:
+                for _ in items:
+                    on_item()
 
     def one(self, item: OutboxItem, token: str) -> None:
-        # Whether the item sits in `sending` (the target may have it) when an error strikes,
-        # and whether the error came from asking the target about an earlier attempt.
-        sending = item.status == "sending"
-        reconciling = sending
-        try:
-            if reconciling:
-                if not self._reconcile(item, token):
-                    return
-                sending = reconciling = False
-            plan = self.deliverer.plan(item)
-            if isinstance(plan, Skip):
-                self._settle(item, token, {"status": plan.status, "reason": plan.reason})
+        self.deliver([item], token)
+
+    def deliver(self, items: list[OutboxItem], token: str) -> None:
+        """Deliver a claimed batch. What a crash left in `sending` is reconciled first, one by
+        one; the rest is planned, sent and marked round by round (`Deliverer.rounds`), each
+        round with a few statements whatever its size."""
+        fresh: list[OutboxItem] = []
+        for item in items:
+            if item.status != "sending" or self._reconcile_first(item, token):
+                fresh.append(item)
+        for round_ in self.deliverer.rounds(fresh):
+            self._deliver_round(round_, token)
+
+    def _deliver_round(self, items: list[OutboxItem], token: str) -> None:
+        settles: list[tuple[OutboxItem, dict[str, Any]]] = []
+        # Keyed by the target's own `deliver_many`: a destination and a channel may share a name.
+        batches: dict[object, list[tuple[OutboxItem, Send]]] = {}
+        singles: list[tuple[OutboxItem, Send]] = []
+        for item, plan in zip(items, self.deliverer.plan_many(items), strict=True):
+            if isinstance(plan, Exception):
+                self._error(item, token, plan)
+            elif isinstance(plan, Skip):
+                settles.append((item, {"status": plan.status, "reason": plan.reason}))
                 if plan.status == "superseded":
                     self.report.superseded += 1
                 else:
                     self.report.suppressed[plan.reason] += 1
-                return
-            if not isinstance(plan, Send):  # Wait: quiet hours, caps. Not an attempt.
-                self._settle(
-                    item, token,
-                    {"status": "pending", "next_attempt_at": plan.until,
-                     "reason": f"deferred: {plan.reason}"},
+            elif isinstance(plan, Wait):  # quiet hours, caps: not an attempt
+                settles.append(
+                    (item, {"status": "pending", "next_attempt_at": plan.until,
+                            "reason": f"deferred: {plan.reason}"})
                 )  # fmt: skip
                 self.report.deferred[plan.reason] += 1
-                return
+            elif plan.batch is not None:
+                batches.setdefault(plan.batch.deliver_many, []).append((item, plan))
+            else:
+                singles.append((item, plan))
+        self._settle_many(token, settles)
+        for group in batches.values():
+            self._send_batch(group, token)
+        # Deliveries a repeat cannot show twice (the target drops our key) share one mark.
+        acknowledged: list[_Confirmed] = []
+        for item, plan in singles:
+            confirmed = self._send_one(item, token, plan)
+            if confirmed is None:
+                continue
+            if plan.dedupes_by_key:
+                acknowledged.append(confirmed)
+            else:  # marked before the next call, as the single-item contract has it
+                self._mark_delivered([confirmed], token)
+        self._mark_delivered(acknowledged, token)
+
+    def _send_one(self, item: OutboxItem, token: str, plan: Send) -> _Confirmed | None:
+        sending = False
+        try:
             if plan.needs_sending_mark:
                 if not self._mark_sending(item, token, plan):
-                    return
+                    return None
                 sending = True
             result = plan.call()
-            self._delivered(item, token, plan.target, plan.record, result)
-        except OutcomeUnknown as exc:
+        except Exception as exc:
+            self._error(item, token, exc, sending=sending)
+            return None
+        return _Confirmed(item, plan.target, plan.record, result, sending)
+
+    def _send_batch(self, group: list[tuple[OutboxItem, Send]], token: str) -> None:
+        """One target's deliveries in one `deliver_many` call: `sending` committed first for
+        those that need it (one transaction), then the call, then the marks (one transaction)."""
+        held = self._mark_sending_many([(i, p) for i, p in group if p.needs_sending_mark], token)
+        ready = [(i, p) for i, p in group if not p.needs_sending_mark or i.id in held]
+        if not ready:
+            return
+        first = ready[0][1].batch
+        assert first is not None
+        outcomes: list[DeliveryResult | Exception]
+        try:
+            outcomes = first.deliver_many([p.batch.request for _, p in ready if p.batch])
+            if len(outcomes) != len(ready):
+                raise OutcomeUnknown(
+                    f"{ready[0][1].target} answered {len(outcomes)} of {len(ready)}"
+                )
+        except Exception as exc:  # the same for every entry (see DeliversTasksInBatches)
+            outcomes = [exc] * len(ready)
+        confirmed: list[_Confirmed] = []
+        for (item, plan), outcome in zip(ready, outcomes, strict=True):
+            if isinstance(outcome, Exception):
+                self._error(item, token, outcome, sending=plan.needs_sending_mark)
+            else:
+                confirmed.append(
+                    _Confirmed(item, plan.target, plan.record, outcome, plan.needs_sending_mark)
+                )
+        self._mark_delivered(confirmed, token)
+
+    def _error(
+        self,
+        item: OutboxItem,
+        token: str,
+        exc: Exception,
+        sending: bool = False,
+        reconciling: bool = False,
+    ) -> None:
+        """What an error means for the item. `sending`: the target may have it (`sending` was
+        committed before the call); `reconciling`: the error came from asking the target about
+        an earlier attempt."""
+        if isinstance(exc, OutcomeUnknown):
             self._uncertain(item, token, str(exc))
-        except TransientError as exc:
+        elif isinstance(exc, TransientError):
             if reconciling:  # we still don't know whether it went out: ask again later
                 self._uncertain(item, token, f"reconcile: {exc}")
             else:  # by contract, a transient error means the call did not take effect
                 self._failed(item, token, str(exc), exc.retry_after)
-        except AddressRejected as exc:
+        elif isinstance(exc, AddressRejected):
             self._rejected(item, token, exc)
-        except PermanentError as exc:
+        elif isinstance(exc, PermanentError):
             if reconciling:  # it may have gone out: a person decides, never a blind resend
                 self._park(item, token, f"reconcile: {exc}")
             else:
                 self._failed(item, token, str(exc), None, permanent=True)
-        except Exception as exc:
+        else:
             # Outside the taxonomy: a failed attempt, never a stalled batch or a held lease.
             message = f"{type(exc).__name__}: {exc}"
-            log.error("outbox.unexpected_error", item=item.id, error=type(exc).__name__)
+            log.error(
+                "outbox.unexpected_error",
+                item=item.id,
+                case_id=item.case_id,
+                error=type(exc).__name__,
+            )
             if sending:
                 self._uncertain(item, token, message)
             else:
                 self._failed(item, token, message, None)
 
+    def _reconcile_first(self, item: OutboxItem, token: str) -> bool:
+        """True when the item should be planned and sent (the target says it never went out)."""
+        try:
+            return self._reconcile(item, token)
+        except Exception as exc:
+            self._error(item, token, exc, sending=True, reconciling=True)
+            return False
+
     def _mark_sending(self, item: OutboxItem, token: str, plan: Send) -> bool:
         """Commit `sending` before a call that cannot be repeated safely."""
         with self.engine.begin() as conn:
-            ok = _mark(
-                conn, item, token,
-                {"status": "sending", "sending_at": self.clock(), "target": plan.target,
-                 "result": plan.record},
-                keep=True,
-            )  # fmt: skip
+            ok = _mark(conn, item, token, self._sending_values(plan), keep=True)
         if ok:
             item.status, item.target, item.result = "sending", plan.target, plan.record
             item.sending_at = self.clock()
         else:
             self._lost(item)
         return ok
+
+    def _mark_sending_many(self, group: list[tuple[OutboxItem, Send]], token: str) -> set[int]:
+        """`_mark_sending` for a batch in one transaction; the ids still held."""
+        if not group:
+            return set()
+        with self.engine.connect() as conn, conn.begin() as tx:
+            ok = _mark_many(conn, token, [(i, self._sending_values(p)) for i, p in group], True)
+            if not ok:
+                tx.rollback()
+        if not ok:  # a claim was lost: one by one, so the others still go
+            return {item.id for item, plan in group if self._mark_sending(item, token, plan)}
+        now = self.clock()
+        for item, plan in group:
+            item.status, item.target, item.result = "sending", plan.target, plan.record
+            item.sending_at = now
+        return {item.id for item, _ in group}
+
+    def _sending_values(self, plan: Send) -> dict[str, Any]:
+        return {"status": "sending", "sending_at": self.clock(), "target": plan.target,
+                "result": plan.record}  # fmt: skip
 
     def _reconcile(self, item: OutboxItem, token: str) -> bool:
         """An item left in `sending`: find out before anything is sent again.
@@ -313,7 +455,9 @@ class Dispatcher:
         self.report.reconciled += 1
         if verdict.outcome == "sent":
             result = verdict.result or DeliveryResult(None)
-            self._delivered(item, token, item.target, item.result or {}, result)
+            self._mark_delivered(
+                [_Confirmed(item, item.target, item.result or {}, result, True)], token
+            )
             return False
         if verdict.outcome == "unknown":
             self._park(item, token, f"reconcile: {verdict.detail or 'unknown'}")
@@ -334,46 +478,85 @@ class Dispatcher:
         """Whether it went out cannot be known: a person settles it (`outbox resolve`)."""
         self._settle(item, token, {"status": "needs_review", "reason": reason[:255]})
         self.report.needs_review += 1
-        log.warning("outbox.needs_review", item=item.id, target=item.target)
+        log.warning("outbox.needs_review", item=item.id, case_id=item.case_id, target=item.target)
 
-    def _delivered(
-        self,
-        item: OutboxItem,
-        token: str,
-        target: str,
-        record: dict[str, Any],
-        result: DeliveryResult,
-    ) -> None:
-        with self.engine.begin() as conn:
-            ok = _mark(
-                conn,
-                item,
-                token,
-                {
-                    "status": "delivered",
-                    "reason": None,
-                    "target": target,
-                    "attempts": item.attempts + 1,
-                    "delivered_at": self.clock(),
-                    "external_id": result.external_id,
-                    "result": {**record, **({"detail": result.detail} if result.detail else {})},
-                    "last_error": None,
-                },
-            )
+    def _delivered_values(self, confirmed: _Confirmed) -> dict[str, Any]:
+        result = confirmed.result
+        return {
+            "status": "delivered",
+            "reason": None,
+            "target": confirmed.target,
+            "attempts": confirmed.item.attempts + 1,
+            "delivered_at": self.clock(),
+            "external_id": result.external_id,
+            "result": {**confirmed.record, **({"detail": result.detail} if result.detail else {})},
+            "last_error": None,
+        }
+
+    def _mark_delivered(self, confirmed: list[_Confirmed], token: str) -> None:
+        """The delivered marks with their links and disclosures, all in one transaction. When
+        a claim was lost (or the transaction failed), each is marked on its own instead."""
+        if not confirmed:
+            return
+        if len(confirmed) > 1:
+            try:
+                with self.engine.connect() as conn, conn.begin() as tx:
+                    marks = [(c.item, self._delivered_values(c)) for c in confirmed]
+                    ok = _mark_many(conn, token, marks)
+                    if ok:
+                        self.deliverer.delivered_many(conn, self._delivered_rows(confirmed))
+                    else:
+                        tx.rollback()
+            except Exception as exc:
+                log.warning("outbox.batch_mark_failed", error=type(exc).__name__)
+                ok = False
             if ok:
-                item.target = target
-                self.deliverer.delivered(conn, item, record, result)
+                for c in confirmed:
+                    self._count_delivered(c)
+                return
+        for c in confirmed:
+            try:
+                self._delivered(c, token)
+            except Exception as exc:
+                self._error(c.item, token, exc, sending=c.sending)
+
+    def _delivered_rows(self, confirmed: list[_Confirmed]) -> list[Delivered]:
+        for c in confirmed:
+            c.item.target = c.target
+        return [Delivered(c.item, c.record, c.result) for c in confirmed]
+
+    def _delivered(self, confirmed: _Confirmed, token: str) -> None:
+        item = confirmed.item
+        with self.engine.begin() as conn:
+            ok = _mark(conn, item, token, self._delivered_values(confirmed))
+            if ok:
+                self.deliverer.delivered_many(conn, self._delivered_rows([confirmed]))
         if ok:
-            self.report.delivered += 1
-            self.report.by_target[target] += 1
+            self._count_delivered(confirmed)
         else:
             # Another worker holds it now. A provider-key or linked target absorbs its redelivery;
             # a `sending` item is reconciled by that worker, not resent.
             self._lost(item)
 
+    def _count_delivered(self, confirmed: _Confirmed) -> None:
+        self.report.delivered += 1
+        self.report.by_target[confirmed.target] += 1
+
     def _settle(self, item: OutboxItem, token: str, values: dict[str, Any]) -> None:
         if not _mark_alone(self.engine, item, token, values):
             self._lost(item)
+
+    def _settle_many(self, token: str, settles: list[tuple[OutboxItem, dict[str, Any]]]) -> None:
+        """Skips and waits of a round in one transaction (one by one when a claim was lost)."""
+        if not settles:
+            return
+        with self.engine.connect() as conn, conn.begin() as tx:
+            ok = _mark_many(conn, token, settles)
+            if not ok:
+                tx.rollback()
+        if not ok:
+            for item, values in settles:
+                self._settle(item, token, values)
 
     def _failed(
         self,
@@ -401,10 +584,22 @@ class Dispatcher:
             return
         if dead:
             self.report.dead += 1
-            log.warning("outbox.dead", item=item.id, target=item.target, attempts=attempts)
+            log.warning(
+                "outbox.dead",
+                item=item.id,
+                case_id=item.case_id,
+                target=item.target,
+                attempts=attempts,
+            )
         else:
             self.report.retried += 1
-            log.info("outbox.retry", item=item.id, target=item.target, attempts=attempts)
+            log.info(
+                "outbox.retry",
+                item=item.id,
+                case_id=item.case_id,
+                target=item.target,
+                attempts=attempts,
+            )
 
     def _uncertain(self, item: OutboxItem, token: str, error: str) -> None:
         """The call may have gone out: keep `sending`, so the next claim reconciles first."""
@@ -456,11 +651,17 @@ class Dispatcher:
             self.report.retried += 1
         else:
             self.report.dead += 1
-        log.warning("outbox.address_rejected", item=item.id, code=exc.code, replan=replan)
+        log.warning(
+            "outbox.address_rejected",
+            item=item.id,
+            case_id=item.case_id,
+            code=exc.code,
+            replan=replan,
+        )
 
     def _lost(self, item: OutboxItem) -> None:
         self.report.lost_claims += 1
-        log.warning("outbox.claim_lost", item=item.id, target=item.target)
+        log.warning("outbox.claim_lost", item=item.id, case_id=item.case_id, target=item.target)
 
 
 def dispatch(

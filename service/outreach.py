@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy import Connection, func, select
 
@@ -42,35 +43,58 @@ def guardian_contacts(conn: Connection, student_ids: Iterable[str]) -> dict[str,
 
 def contact_state(conn: Connection, student_id: str, contact_id: str) -> ContactState:
     """The guardian and their link to this student as they are now."""
-    row = conn.execute(
-        select(
-            Contact.active, Contact.is_guardian, Contact.do_not_contact, Contact.language,
-            Contact.sms_phone, Contact.email,
-            StudentContact.active.label("link_active"), StudentContact.is_guardian.label("link_g"),
-            StudentContact.no_contact,
-            ContactPreference.sms_opted_out_at, ContactPreference.email_opted_out_at,
-            ContactPreference.all_opted_out_at, ContactPreference.sms_unusable_phone,
-        )
-        .select_from(Contact)
-        .outerjoin(
-            StudentContact,
-            (StudentContact.contact_id == Contact.contact_id)
-            & (StudentContact.student_id == student_id),
-        )
-        .outerjoin(ContactPreference, ContactPreference.contact_id == Contact.contact_id)
-        .where(Contact.contact_id == contact_id)
-    ).mappings().first()  # fmt: skip
+    return contact_states(conn, [(student_id, contact_id)])[(student_id, contact_id)]
+
+
+def contact_states(
+    conn: Connection, pairs: Iterable[tuple[str, str]]
+) -> dict[tuple[str, str], ContactState]:
+    """`contact_state` for many (student, contact) pairs with two queries: the contacts with
+    their preferences, and the links between them and the students."""
+    wanted = sorted(set(pairs))
+    contact_ids = sorted({c for _, c in wanted})
+    student_ids = sorted({s for s, _ in wanted})
+    contacts = {
+        row["contact_id"]: row
+        for row in conn.execute(
+            select(
+                Contact.contact_id, Contact.active, Contact.is_guardian, Contact.do_not_contact,
+                Contact.language, Contact.sms_phone, Contact.email,
+                ContactPreference.sms_opted_out_at, ContactPreference.email_opted_out_at,
+                ContactPreference.all_opted_out_at, ContactPreference.sms_unusable_phone,
+            )
+            .outerjoin(ContactPreference, ContactPreference.contact_id == Contact.contact_id)
+            .where(Contact.contact_id.in_(contact_ids))
+        ).mappings()
+    }  # fmt: skip
+    links = {
+        (row["student_id"], row["contact_id"]): row
+        for row in conn.execute(
+            select(StudentContact.student_id, StudentContact.contact_id, StudentContact.active,
+                   StudentContact.is_guardian, StudentContact.no_contact)
+            .where(StudentContact.contact_id.in_(contact_ids),
+                   StudentContact.student_id.in_(student_ids))
+        ).mappings()
+    } if contacts else {}  # fmt: skip
+    return {
+        (sid, cid): _contact_state(cid, contacts.get(cid), links.get((sid, cid)))
+        for sid, cid in wanted
+    }
+
+
+def _contact_state(contact_id: str, row: Any, link: Any) -> ContactState:
     if row is None:
         return ContactState(contact_id, found=False)
-    guardian = row["link_g"] if row["link_g"] is not None else row["is_guardian"]
+    link_guardian = link["is_guardian"] if link is not None else None
+    guardian = link_guardian if link_guardian is not None else row["is_guardian"]
     return ContactState(
         contact_id,
         found=True,
         active=bool(row["active"]),
-        linked=bool(row["link_active"]),
+        linked=bool(link is not None and link["active"]),
         guardian=bool(guardian),
         do_not_contact=bool(row["do_not_contact"]),
-        no_contact=bool(row["no_contact"]),
+        no_contact=bool(link is not None and link["no_contact"]),
         language=row["language"] or "en",
         sms_phone=row["sms_phone"],
         email=row["email"],
@@ -86,15 +110,22 @@ def recent_family_sends(
     conn: Connection, contact_id: str, since: datetime
 ) -> list[tuple[datetime, list[str]]]:
     """This contact's delivered family messages since `since`, with the resource ids each held."""
-    q = select(OutboxItem.delivered_at, OutboxItem.result).where(
-        OutboxItem.contact_id == contact_id,
+    return recent_family_sends_many(conn, [contact_id], since).get(contact_id, [])
+
+
+def recent_family_sends_many(
+    conn: Connection, contact_ids: Iterable[str], since: datetime
+) -> dict[str, list[tuple[datetime, list[str]]]]:
+    """`recent_family_sends` for many contacts in one query."""
+    q = select(OutboxItem.contact_id, OutboxItem.delivered_at, OutboxItem.result).where(
+        OutboxItem.contact_id.in_(sorted(set(contact_ids))),
         OutboxItem.kind == FAMILY_NOTICE,
         OutboxItem.status == "delivered",
         OutboxItem.delivered_at >= since,
     )
-    out: list[tuple[datetime, list[str]]] = []
-    for at, result in conn.execute(q):
-        out.append((at, list((result or {}).get("resource_ids") or [])))
+    out: dict[str, list[tuple[datetime, list[str]]]] = {}
+    for contact_id, at, result in conn.execute(q):
+        out.setdefault(contact_id, []).append((at, list((result or {}).get("resource_ids") or [])))
     return out
 
 

@@ -170,8 +170,12 @@ def fit_family_notice(
     fallback: tuple[RenderedMessage, list[ResourceConfig]] | None = None
     for count in range(len(resources), 0, -1):
         chosen = resources[:count]
-        bare = [r.model_copy(update={"description": {}}) for r in chosen]
-        for variant, partial in ((chosen, False), (bare, any(r.description for r in chosen))):
+        for described in (True, False):
+            if described:
+                variant, partial = chosen, False
+            else:  # built only when the described text did not fit
+                variant = [r.model_copy(update={"description": {}}) for r in chosen]
+                partial = any(r.description for r in chosen)
             rendered = render(variant, partial)
             if sms_size(rendered.body).segments <= max_segments:
                 return rendered, chosen

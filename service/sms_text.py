@@ -18,6 +18,7 @@ _GSM_BASIC = (
 _GSM_EXTENDED = "^{}\\[~]|€\f"
 GSM_BASIC = frozenset(_GSM_BASIC)
 GSM_EXTENDED = frozenset(_GSM_EXTENDED)
+GSM = GSM_BASIC | GSM_EXTENDED
 
 
 @dataclass(frozen=True)
@@ -29,8 +30,9 @@ class SmsSize:
 
 def sms_size(text: str) -> SmsSize:
     """The encoding and number of segments `text` takes as one SMS."""
-    if all(c in GSM_BASIC or c in GSM_EXTENDED for c in text):
-        units = sum(2 if c in GSM_EXTENDED else 1 for c in text)
+    used = set(text)  # set operations: a notice's text is measured a few times when it is fitted
+    if used <= GSM:
+        units = len(text) + sum(text.count(c) for c in used & GSM_EXTENDED)
         single, multi = 160, 153
         encoding: Literal["GSM-7", "UCS-2"] = "GSM-7"
     else:

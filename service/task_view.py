@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import re
+from bisect import bisect_right
+from collections.abc import Iterable
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -10,11 +12,11 @@ from zoneinfo import ZoneInfo
 import rule_engine
 from sqlalchemy import Connection, select
 
-from service.case_plan import plan_view
+from service.case_plan import instructional_days_after, opened_on, plan_views
 from service.config import Settings
 from service.indicator_names import INDICATORS
 from service.intents import case_subject
-from service.models import CalendarDay, Case, Referral, School, Student
+from service.models import Case, Referral, School, Student
 
 REASON_FIELDS = ("rule_id", "rule_version", "reason", "severity", "evidence", "origin",
                  "rule_expression", "resource_categories")  # fmt: skip
@@ -59,20 +61,35 @@ def student_facts(conn: Connection, ids: list[str]) -> dict[str, dict[str, Any]]
 def school_name(conn: Connection, school_id: str | None) -> str | None:
     if not school_id:
         return None
-    return conn.execute(select(School.name).where(School.school_id == school_id)).scalar()
+    return school_names(conn, [school_id]).get(school_id)
+
+
+def school_names(conn: Connection, school_ids: Iterable[str | None]) -> dict[str, str]:
+    ids = sorted({s for s in school_ids if s})
+    if not ids:
+        return {}
+    return dict(
+        conn.execute(select(School.school_id, School.name).where(School.school_id.in_(ids))).all()
+    )
 
 
 def case_reasons(conn: Connection, case_id: int) -> list[dict[str, Any]]:
+    return case_reasons_many(conn, [case_id]).get(case_id, [])
+
+
+def case_reasons_many(conn: Connection, case_ids: list[int]) -> dict[int, list[dict[str, Any]]]:
+    """Each case's referrals, oldest first."""
     q = (
-        select(*(getattr(Referral, f) for f in REASON_FIELDS), Referral.created_at)
-        .where(Referral.case_id == case_id)
+        select(Referral.case_id, *(getattr(Referral, f) for f in REASON_FIELDS),
+               Referral.created_at)
+        .where(Referral.case_id.in_(sorted(set(case_ids))))
         .order_by(Referral.id)
-    )
-    out = []
+    )  # fmt: skip
+    out: dict[int, list[dict[str, Any]]] = {}
     for row in conn.execute(q).mappings():
         reason = dict(row)
         reason["created_at"] = iso(reason["created_at"])
-        out.append(reason)
+        out.setdefault(reason.pop("case_id"), []).append(reason)
     return out
 
 
@@ -187,14 +204,14 @@ def school_days_after(
     """The `count`-th instructional day after `start` in the school's calendar (None: unknown)."""
     if not school_id:
         return None
-    days = conn.execute(
-        select(CalendarDay.day)
-        .where(CalendarDay.school_id == school_id, CalendarDay.instructional,
-               CalendarDay.active, CalendarDay.day > start)
-        .order_by(CalendarDay.day)
-        .limit(count)
-    ).scalars().all()  # fmt: skip
-    return days[-1] if len(days) == count else None
+    days = instructional_days_after(conn, {school_id: start})[school_id]
+    return nth_day_after(days, start, count)
+
+
+def nth_day_after(days: list[date], start: date, count: int) -> date | None:
+    """The `count`-th of the sorted `days` after `start` (None: the calendar does not reach)."""
+    after = bisect_right(days, start)
+    return days[after + count - 1] if len(days) >= after + count else None
 
 
 def weekdays_after(start: date, count: int) -> date:
@@ -212,21 +229,70 @@ def _subject_names(settings: Settings) -> list[str]:
 
 def build_task(conn: Connection, settings: Settings, case_id: int) -> dict[str, Any] | None:
     """What a school official needs to act on the case, with the evidence for each reason."""
-    case = conn.execute(select(Case.__table__).where(Case.id == case_id)).first()
-    if case is None:
-        return None
-    student = student_facts(conn, [case.student_id]).get(case.student_id, {})
-    school_id = student.get("school_id") or case.school_id or ""
-    school_row = conn.execute(
-        select(School.name, School.identifier).where(School.school_id == school_id)
-    ).first()
+    return build_tasks(conn, settings, [case_id]).get(case_id)
+
+
+def build_tasks(
+    conn: Connection, settings: Settings, case_ids: list[int]
+) -> dict[int, dict[str, Any]]:
+    """`build_task` for many cases with one query per table, however many cases (a claimed
+    batch of task deliveries is read at once). A case that no longer exists is left out."""
+    ids = sorted(set(case_ids))
+    if not ids:
+        return {}
+    cases = {c.id: c for c in conn.execute(select(Case.__table__).where(Case.id.in_(ids)))}
+    students = student_facts(conn, sorted({c.student_id for c in cases.values()}))
+    zone = ZoneInfo(settings.district.timezone)
+    reasons = case_reasons_many(conn, list(cases))
+    opened = {cid: aware(c.opened_at).astimezone(zone).date() for cid, c in cases.items()}
+    school_of = {
+        cid: students.get(c.student_id, {}).get("school_id") or c.school_id or ""
+        for cid, c in cases.items()
+    }
+    schools = {
+        row.school_id: row
+        for row in conn.execute(
+            select(School.school_id, School.name, School.identifier)
+            .where(School.school_id.in_(sorted(set(school_of.values()))))
+        )
+    }  # fmt: skip
+    # One calendar read for the first meeting (the student's school, from the opening day) and
+    # the case plan (the case's school, from the day its first reason was evaluated).
+    evidence = {cid: (reasons[cid][0].get("evidence") or {}) if reasons.get(cid) else {}
+                for cid in cases}  # fmt: skip
+    starts: dict[str, date] = {}
+    for cid, case in cases.items():
+        first_meeting = (school_of[cid], opened[cid])
+        plan = (case.school_id, opened_on(settings, case.opened_at, evidence[cid]))
+        for school, day in (first_meeting, plan):
+            if school:
+                starts[school] = min(day, starts.get(school, date.max))
+    calendar = instructional_days_after(conn, starts)
+    plans = plan_views(conn, settings, [(c, evidence[cid]) for cid, c in cases.items()], calendar)
+    return {
+        cid: _task(settings, case, students.get(case.student_id, {}), school_of[cid],
+                   schools.get(school_of[cid]), reasons.get(cid, []), opened[cid],
+                   calendar.get(school_of[cid], []), plans[cid])
+        for cid, case in cases.items()
+    }  # fmt: skip
+
+
+def _task(
+    settings: Settings,
+    case: Any,
+    student: dict[str, Any],
+    school_id: str,
+    school_row: Any,
+    raw_reasons: list[dict[str, Any]],
+    opened: date,
+    calendar: list[date],
+    plan: dict[str, Any],
+) -> dict[str, Any]:
     school = (school_row.name if school_row else None) or school_id
     manager = next((c for c in settings.caseloads if c.staff_id == case.assignee_id), None)
     name = f"{student.get('first_name', '')} {student.get('last_name', '')}".strip()
-    raw_reasons = case_reasons(conn, case.id)
-    opened = aware(case.opened_at).astimezone(ZoneInfo(settings.district.timezone)).date()
     days = settings.cases.first_meeting_school_days
-    due = school_days_after(conn, school_id, opened, days)
+    due = nth_day_after(calendar, opened, days) if school_id else None
     task = {
         "task_id": case_subject(case.id),
         "case_id": case.id,
@@ -261,8 +327,7 @@ def build_task(conn: Connection, settings: Settings, case_id: int) -> dict[str, 
     if case.status == "closed":
         task["close_reason"] = case.close_reason
     # The case plan: progress since opening, the next check-in, a suggestion to close.
-    first = (raw_reasons[0].get("evidence") or {}) if raw_reasons else {}
-    task.update(plan_view(conn, settings, case, first))
+    task.update(plan)
     return task
 
 

@@ -136,6 +136,63 @@ def test_a_worker_killed_mid_send_to_a_non_idempotent_channel_never_sends_twice(
     assert reconciled.reason is None or "not sent" in (reconciled.reason or "")
 
 
+@pytest.mark.parametrize("crash", ["before_write", "after_write"])
+def test_a_worker_killed_mid_batch_to_a_batching_channel_never_sends_twice(
+    db_url: str, district: Path, tmp_path: Path, crash: str
+) -> None:
+    out = tmp_path / "out"
+    channel = sms_channel(crash=crash, crash_marker="crashed", batch=True)
+    overrides = {"channels": [channel], "outbox": {"lease_seconds": 1, "batch_size": 20}}
+    config = write(tmp_path / "d.yaml", raw_config_for(db_url, district, out, **overrides))
+    _settings, engine = evaluated(db_url, district, out, **overrides)
+
+    killed = casebridge(config, "dispatch")
+    assert killed.returncode == -9, killed.stderr  # SIGKILL around the batch's one write
+    left = [i for i in items(engine, "family_notice") if i.status == "sending"]
+    assert len(left) > 1  # the whole batch was committed `sending` before the call
+    written = keys(out / "test-sms.jsonl")
+    assert {written[i.idempotency_key] for i in left} == {1 if crash == "after_write" else 0}
+
+    time.sleep(1.2)  # the dead worker's lease runs out
+    finished = casebridge(config, "dispatch")
+    assert finished.returncode == 0, finished.stderr
+    sent = keys(out / "test-sms.jsonl")
+    assert max(sent.values()) == 1  # nothing twice...
+    notices = items(engine, "family_notice")
+    assert {i.status for i in notices} <= {"delivered", "suppressed"}
+    assert sum(sent.values()) == sum(1 for i in notices if i.status == "delivered")  # ...or lost
+    after = {i.id: i.status for i in notices}
+    assert {after[i.id] for i in left} == {"delivered"}
+
+
+def test_a_batch_whose_claim_was_partly_lost_sends_and_marks_only_what_it_still_holds(
+    db_url: str, district: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "out"
+    settings, engine = evaluated(db_url, district, out)
+    first_token, first = claim(engine, 8, 60)
+    with engine.begin() as conn:  # the first worker paused past its lease...
+        conn.execute(update(OutboxItem).values(claimed_until=datetime(2000, 1, 1, tzinfo=UTC)))
+    second_token, second = claim(engine, 3, 60)  # ...and another worker took three of its items
+    taken = {i.id for i in second}
+    assert taken < {i.id for i in first}
+
+    late = Dispatcher(engine, Deliverer(engine, settings), settings.outbox)
+    late.deliver(first, first_token)
+
+    assert late.report.lost_claims == 3
+    after = {i.id: i for i in items(engine)}
+    assert {(after[i].status, after[i].claim_token) for i in taken} == {("pending", second_token)}
+    kept = [after[i.id] for i in first if i.id not in taken]
+    assert {i.status for i in kept} <= {"delivered", "suppressed", "superseded"}
+    assert late.report.delivered == sum(1 for i in kept if i.status == "delivered") > 0
+    written = Counter[str]()
+    for sink in ("tasks.jsonl", "family-sms.jsonl", "family-email.jsonl"):
+        written += keys(out / sink)
+    assert not [i for i in taken if written[after[i].idempotency_key]]  # nothing sent for them
+    assert all(written[i.idempotency_key] == 1 for i in kept if i.status == "delivered")
+
+
 def test_a_provider_that_cannot_answer_after_a_crash_is_asked_again_never_resent(
     db_url: str, district: Path, tmp_path: Path
 ) -> None:
@@ -263,13 +320,15 @@ def test_a_worker_whose_lease_expired_cannot_mark(
 # -- taxonomy, plugins ---------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("batch", [False, True], ids=["one_per_call", "bulk"])
 def test_a_sink_that_raises_dead_letters_after_its_attempts_and_the_rest_is_delivered(
-    db_url: str, district: Path, tmp_path: Path
+    db_url: str, district: Path, tmp_path: Path, batch: bool
 ) -> None:
     out = tmp_path / "out"
     first_case = 1  # a fresh database numbers cases from 1
+    tracker = {"name": "tracker", "kind": "test_recording", "fail_cases": [first_case]}
     overrides = {
-        "destinations": [{"name": "tracker", "kind": "test_recording", "fail_cases": [first_case]}],
+        "destinations": [{**tracker, "batch": batch}],
         "outbox": {"max_attempts": 3, "base_delay_seconds": 0},
     }
     settings, engine = evaluated(db_url, district, out, **overrides)
@@ -384,6 +443,42 @@ def test_a_message_due_in_quiet_hours_waits_for_the_window_then_goes(
         "+12125550101",
         "+12125550102",
     ]
+
+
+@pytest.mark.parametrize("rule", ["family_cap", "resource_repeat"])
+def test_a_guardian_of_siblings_claimed_in_one_batch_still_gets_the_cap_and_no_repeats(
+    engine: Engine, make_settings: Callable[..., Settings], tmp_path: Path, rule: str
+) -> None:
+    d = TinyDistrict(tmp_path / "data")
+    d.school()
+    days = d.school_days("sch-1", 80)
+    siblings = ("s1", "s2", "s3")
+    for n, sid in enumerate(siblings, 1):
+        d.student(sid, f"100{n}", guardians=("g1",), given=f"Kid{n}")
+        for day in days[2:11]:
+            d.absent(f"100{n}", day)
+    d.guardian("g1", siblings, sms="(212) 555-0101")
+    d.write()
+    policy: dict[str, Any] = {"sending_window": None}
+    if rule == "family_cap":  # every notice has something new to say; only the cap holds them
+        policy |= {"family_cap": {"messages": 2, "days": 7}, "resource_repeat_days": 0}
+    else:
+        policy |= {"family_cap": {"messages": 9, "days": 7}}
+    settings = make_settings(d.root, policy=policy)
+    run_sync(engine, settings)
+    run_evaluate(engine, settings, days[40])
+    assert len(items(engine, "family_notice")) == 3  # all three fit in the first claimed batch
+
+    run_dispatch(engine, settings)
+
+    texts = lines(settings.resolve(settings.output_dir) / "family-sms.jsonl")
+    outcome = Counter((i.status, i.reason) for i in items(engine, "family_notice"))
+    if rule == "family_cap":
+        assert len(texts) == 2
+        assert outcome == {("delivered", None): 2, ("pending", "deferred: family_cap"): 1}
+    else:  # the siblings' notices name the same resources: the first one told them all
+        assert len(texts) == 1
+        assert outcome == {("delivered", None): 1, ("suppressed", "already_sent"): 2}
 
 
 def test_a_template_with_an_unknown_placeholder_fails_check_config(tmp_path: Path) -> None:

@@ -2,16 +2,24 @@
 
 Like SMS and email it has no idempotency key: a message written is a message sent, and sending
 again writes it again. The outbox therefore commits `sending` first and, after a crash, asks
-`reconcile`, which reads the file back as Twilio's message list would be read.
+`reconcile`, which reads the file back as Twilio's message list would be read. It takes a
+claimed batch in one write (`deliver_many`), as a local sink can.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
-from connectors.base import DeliveryResult, FamilyMessage, Idempotency, Reconciled
+from connectors.base import (
+    DeliveryResult,
+    FamilyMessage,
+    Idempotency,
+    OutgoingMessage,
+    Reconciled,
+)
 from connectors.jsonl_store import JsonlStore
 from connectors.registry import register
 from service.clock import utcnow
@@ -35,16 +43,28 @@ class FileChannel:
         self.store = JsonlStore(path)
 
     def send(self, key: str, message: FamilyMessage) -> DeliveryResult:
-        record = {
+        self.store.append(self._record(key, message))
+        return DeliveryResult(external_id=key)
+
+    def deliver_many(self, messages: Sequence[OutgoingMessage]) -> list[DeliveryResult | Exception]:
+        """Every message in one write and one fsync (the outbox committed `sending` first)."""
+        self.store.append_many([self._record(m.key, m.message) for m in messages])
+        return [DeliveryResult(external_id=m.key) for m in messages]
+
+    def _record(self, key: str, message: FamilyMessage) -> dict[str, Any]:
+        body: dict[str, Any] = {
+            "to": message.to,
+            "language": message.language,
+            "body": message.body,
+        }
+        if message.subject is not None:
+            body["subject"] = message.subject
+        return {
             "idempotency_key": key,
             "medium": self.medium,
             "sent_at": utcnow().isoformat(),
-            "message": {"to": message.to, "language": message.language, "body": message.body},
+            "message": body,
         }
-        if message.subject is not None:
-            record["message"]["subject"] = message.subject  # type: ignore[index]
-        self.store.append(record)
-        return DeliveryResult(external_id=key)
 
     def reconcile(self, key: str, message_to: str, since: datetime) -> Reconciled:
         # The file is the whole truth: a key that is not in it was never written.

@@ -4,10 +4,13 @@ Imported in-process by tests, or named in $CASEBRIDGE_PLUGINS for a CLI subproce
 does not know these kinds exist: that is what the tests prove.
 
 - `test_recording` (destination, provider key): records tasks; raises RuntimeError for listed
-  cases, like a buggy SDK would.
+  cases, like a buggy SDK would. With `batch: true` it takes a batch per call and answers each
+  entry on its own, like a bulk API.
 - `test_crashing` (source): raises an error outside the taxonomy, like a buggy client.
 - `test_sms` (channel, no idempotency): like the file channel, but can be slow, can kill its own
   process once around the write (a power cut mid-send), and can be unable to tell after a crash.
+  One message per call, like Twilio; with `batch: true` it takes a batch per call (one write)
+  and the crash points are around that write.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ from __future__ import annotations
 import os
 import signal
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal
@@ -27,9 +30,11 @@ from connectors.base import (
     FamilyMessage,
     Idempotency,
     Link,
+    OutgoingMessage,
     RawRow,
     Reconciled,
     Stream,
+    TaskUpsert,
 )
 from connectors.channels.file import FileChannel
 from connectors.jsonl_store import JsonlStore
@@ -45,6 +50,7 @@ class RecordingSettings(DestinationSettings):
     kind: Literal["test_recording"]
     path: str = "recorded-tasks.jsonl"
     fail_cases: list[int] = []
+    batch: bool = False
 
 
 class RecordingDestination:
@@ -71,9 +77,21 @@ class RecordingDestination:
         return Reconciled("unknown")
 
 
+class BulkRecordingDestination(RecordingDestination):
+    def deliver_many(self, upserts: Sequence[TaskUpsert]) -> list[DeliveryResult | Exception]:
+        answers: list[DeliveryResult | Exception] = []
+        for u in upserts:
+            try:
+                answers.append(self.upsert_task(u.key, u.subject, u.task, u.link))
+            except Exception as exc:  # one entry's error, the others stand
+                answers.append(exc)
+        return answers
+
+
 def build_recording(settings: Settings, cfg: RecordingSettings) -> RecordingDestination:
     path = settings.resolve(settings.output_dir) / cfg.path
-    return RecordingDestination(cfg.name, path, cfg.fail_cases)
+    kind = BulkRecordingDestination if cfg.batch else RecordingDestination
+    return kind(cfg.name, path, cfg.fail_cases)
 
 
 class FlakySmsSettings(ChannelSettings):
@@ -89,9 +107,14 @@ class FlakySmsSettings(ChannelSettings):
     reconcile_unknown: bool = False
     # After a crash, the provider's message list is down (a 503 on the list call).
     reconcile_down: bool = False
+    # Take a claimed batch in one call (`deliver_many`), like the file channel.
+    batch: bool = False
 
 
 class FlakySmsChannel(FileChannel):
+    # One message per call, like Twilio: the file channel's batch call is not inherited.
+    deliver_many = None
+
     def __init__(self, cfg: FlakySmsSettings, path: Path, marker: Path | None) -> None:
         super().__init__(cfg.name, "sms", path)
         self.cfg = cfg
@@ -118,10 +141,23 @@ class FlakySmsChannel(FileChannel):
         return super().reconcile(key, message_to, since)
 
 
+class FlakyBatchSmsChannel(FlakySmsChannel):
+    def deliver_many(  # type: ignore[override]
+        self, messages: Sequence[OutgoingMessage]
+    ) -> list[DeliveryResult | Exception]:
+        if self.cfg.delay_seconds:
+            time.sleep(self.cfg.delay_seconds)
+        self._maybe_crash("before_write")
+        results = FileChannel.deliver_many(self, messages)
+        self._maybe_crash("after_write")
+        return results
+
+
 def build_sms(settings: Settings, cfg: FlakySmsSettings) -> FlakySmsChannel:
     out = settings.resolve(settings.output_dir)
     marker = out / cfg.crash_marker if cfg.crash_marker else None
-    return FlakySmsChannel(cfg, out / cfg.path, marker)
+    kind = FlakyBatchSmsChannel if cfg.batch else FlakySmsChannel
+    return kind(cfg, out / cfg.path, marker)
 
 
 class CrashingSourceSettings(SourceSettings):
