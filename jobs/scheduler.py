@@ -125,9 +125,11 @@ def fire_once(engine: Engine, job: str, slot: datetime, run: Callable[[], None])
 
 
 class Scheduler:
-    def __init__(self, engine: Engine, settings: Settings) -> None:
+    def __init__(self, engine: Engine, settings: Settings, *, dispatch: bool = True) -> None:
         self.engine = engine
         self.settings = settings
+        # False where a worker loop in the same process delivers the outbox (all-in-one).
+        self.dispatch = dispatch
         self.leadership = Leadership(engine)
         self.stop = threading.Event()
         zone = settings.district.timezone
@@ -195,10 +197,12 @@ class Scheduler:
         self.sched.add_job(self._run_nightly, self.nightly, id="nightly", **common)
         if digest_destinations(self.settings):
             self.sched.add_job(self._run_digest, self.digest, id="digest", **common)
-        self.sched.add_job(
-            self._run_dispatch, "interval",
-            seconds=self.settings.schedules.dispatch_interval_seconds, id="dispatch", **common,
-        )  # fmt: skip
+        if self.dispatch:
+            self.sched.add_job(
+                self._run_dispatch, "interval",
+                seconds=self.settings.schedules.dispatch_interval_seconds, id="dispatch",
+                **common,
+            )  # fmt: skip
         self.sched.add_job(
             self._run_tool_poll, "interval",
             seconds=self.settings.schedules.tool_poll_interval_seconds, id="tool-poll", **common,

@@ -469,34 +469,150 @@ def quarantine_show(ctx: click.Context, record_id: int) -> None:
 @click.pass_context
 def worker(ctx: click.Context, interval: float | None, once: bool) -> None:
     """Deliver the outbox continuously. Run as many as you like on PostgreSQL: they share the
-    work through fenced claims and never deliver an item twice."""
-    import signal
+    work through fenced claims and never deliver an item twice. SIGTERM or Ctrl-C: the item in
+    hand is finished and the rest of the batch given back."""
     import threading
+
+    from service.roles import WorkerLoop, stop_on_signals
 
     settings = _settings(ctx)
     engine = _engine(settings)
     stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    stop_on_signals(stop)
     pause = interval if interval is not None else settings.schedules.dispatch_interval_seconds
-    while True:
-        with cb_logging.run_context("dispatch"):  # each pass is one run in the logs
-            report = run_dispatch(engine, settings)
-        if report.delivered or report.dead or report.needs_review:
+
+    def report(r: DispatchReport) -> None:
+        if r.delivered or r.dead or r.needs_review:
             console.print(
-                f"delivered {report.delivered}, retried {report.retried}, dead {report.dead}, "
-                f"needs review {report.needs_review}"
+                f"delivered {r.delivered}, retried {r.retried}, dead {r.dead}, "
+                f"needs review {r.needs_review}"
             )
-        if once or stop.wait(pause):
-            return
+
+    WorkerLoop(engine, settings, pause, stop, on_pass=report).run(once=once)
 
 
 @main.command()
 @click.pass_context
 def scheduler(ctx: click.Context) -> None:
-    """Run the scheduled jobs (sync, evaluate, dispatch) until stopped."""
-    from jobs.scheduler import run_scheduler
+    """Run the scheduled jobs (sync, evaluate, dispatch) until stopped (SIGTERM, Ctrl-C)."""
+    from service.roles import run_scheduler_role
 
-    run_scheduler(_settings(ctx))
+    settings = _settings(ctx)
+    if not run_scheduler_role(_engine(settings), settings):
+        sys.exit(1)
+
+
+access_log_option = click.option(
+    "--access-log", envvar="CASEBRIDGE_ACCESS_LOG", default="json", show_default=True,
+    type=click.Choice(["json", "off"]), help="Access log on stdout as JSON lines, or none.",
+)  # fmt: skip
+
+
+@main.command()
+@click.option(
+    "--bind",
+    multiple=True,
+    envvar="CASEBRIDGE_BIND",
+    default=["127.0.0.1:8000"],
+    show_default=True,
+    help="HOST:PORT to listen on (repeatable; or $CASEBRIDGE_BIND).",
+)
+@click.option(
+    "--workers",
+    envvar="WEB_CONCURRENCY",
+    default=2,
+    show_default=True,
+    type=click.IntRange(1),
+    help="gunicorn worker processes (or $WEB_CONCURRENCY).",
+)
+@click.option(
+    "--threads",
+    envvar="CASEBRIDGE_THREADS",
+    default=4,
+    show_default=True,
+    type=click.IntRange(1),
+    help="Threads per worker (or $CASEBRIDGE_THREADS).",
+)
+@click.option(
+    "--timeout",
+    envvar="CASEBRIDGE_TIMEOUT",
+    default=30,
+    show_default=True,
+    type=click.IntRange(1),
+    help="Seconds before a stuck worker is restarted.",
+)
+@click.option(
+    "--graceful-timeout",
+    default=20,
+    show_default=True,
+    type=click.IntRange(1),
+    help="Seconds requests in flight get to finish on SIGTERM.",
+)
+@click.option(
+    "--keep-alive",
+    default=5,
+    show_default=True,
+    type=click.IntRange(0),
+    help="Seconds an idle connection stays open (above the load balancer's).",
+)
+@access_log_option
+@click.pass_context
+def serve(
+    ctx: click.Context, bind: tuple[str, ...], workers: int, threads: int, timeout: int,
+    graceful_timeout: int, keep_alive: int, access_log: str,
+) -> None:  # fmt: skip
+    """The HTTP API under gunicorn (webhooks, /healthz, /readyz). Refuses to start when the
+    database is behind the code: run `casebridge db upgrade` first."""
+    from service.api import create_app
+    from service.serve import ServeOptions
+    from service.serve import serve as run_gunicorn
+
+    settings = _settings(ctx)
+    engine = _engine(settings)
+    options = ServeOptions(bind, workers, threads, timeout, graceful_timeout, keep_alive,
+                           access_log)  # fmt: skip
+    run_gunicorn(create_app(settings, engine), engine, options)
+
+
+@main.command("all-in-one")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address the API listens on.")
+@click.option(
+    "--port",
+    default=8000,
+    show_default=True,
+    type=click.IntRange(0, 65535),
+    help="The API's port (0: any free port, printed at start).",
+)
+@click.option("--upgrade", is_flag=True, help="Create or migrate the schema first (evaluation).")
+@access_log_option
+@click.option(
+    "--shutdown-timeout",
+    default=25.0,
+    show_default=True,
+    type=click.FloatRange(1),
+    help="Seconds a stop waits for requests, the item in hand and a running job.",
+)
+@click.pass_context
+def all_in_one(
+    ctx: click.Context, host: str, port: int, upgrade: bool, access_log: str,
+    shutdown_timeout: float,
+) -> None:  # fmt: skip
+    """The API, an outbox worker and the scheduler in one process: the embedded SQLite setup
+    for a small district or an evaluation. SIGTERM or Ctrl-C stops all three cleanly."""
+    from service.api import create_app
+    from service.embedded import AllInOne
+
+    settings = _settings(ctx)
+    engine = _engine(settings, upgrade=upgrade)
+    app = create_app(settings, engine)
+
+    def announce(url: str) -> None:
+        click.echo(f"casebridge all-in-one: API on {url}, outbox worker and scheduler running")
+
+    code = AllInOne(engine, settings, app, host, port, access_log, shutdown_timeout).run(announce)
+    if code == 0:
+        click.echo("casebridge all-in-one: stopped cleanly")
+    sys.exit(code)
 
 
 @main.command("connectors")
@@ -737,10 +853,6 @@ def print_dispatch(r: DispatchReport, counts: Counter[str]) -> None:
     console.print(table)
 
 
-if __name__ == "__main__":  # pragma: no cover
-    main()
-
-
 @main.group("resources")
 def resources_group() -> None:
     """Community resources (an Open Referral HSDS 3.0 directory)."""
@@ -780,3 +892,7 @@ def resources_import(ctx: click.Context, source: str | None) -> None:
 from service.cli_tokens import token_group  # noqa: E402  (registered after `main` exists)
 
 main.add_command(token_group)
+
+
+if __name__ == "__main__":  # pragma: no cover  (last: every command above is registered)
+    main()
