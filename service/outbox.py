@@ -259,9 +259,14 @@ class Dispatcher:
         self.clock = deliverer.clock  # one "now" for claims, policy and marks
         self.cfg = cfg
         self.report = DispatchReport()
+        # Called between one-by-one sends and after each batch; it may raise to stop (a worker
+        # told to stop ends after the text in hand, not after the whole batch).
+        self.between_sends: Callable[[], None] = lambda: None
 
     def run(self, on_item: Callable[[], None] | None = None) -> DispatchReport:
         """Deliver every due item; returns when nothing is due."""
+        if on_item:
+            self.between_sends = on_item
         while True:
             token, items = claim(
                 self.engine, self.cfg.batch_size, self.cfg.lease_seconds, self.clock()
@@ -270,9 +275,7 @@ class Dispatcher:
                 return self.report
             with LeaseKeeper(self.engine, token, self.cfg.lease_seconds, self.clock):
                 self.deliver(items, token)
-            if on_item:
-                for _ in items:
-                    on_item()
+            self.between_sends()
 
     def one(self, item: OutboxItem, token: str) -> None:
         self.deliver([item], token)
@@ -317,7 +320,13 @@ class Dispatcher:
             self._send_batch(group, token)
         # Deliveries a repeat cannot show twice (the target drops our key) share one mark.
         acknowledged: list[_Confirmed] = []
-        for item, plan in singles:
+        for n, (item, plan) in enumerate(singles):
+            if n:
+                try:
+                    self.between_sends()
+                except BaseException:  # a stop: what was sent is marked before it is honoured
+                    self._mark_delivered(acknowledged, token)
+                    raise
             confirmed = self._send_one(item, token, plan)
             if confirmed is None:
                 continue
