@@ -32,7 +32,15 @@ from service.clock import utcnow
 from service.config import Settings
 from service.consent import mark_sms_unusable, record_opt_out
 from service.errors import AddressRejected, PermanentError
-from service.intents import DIGEST, FAMILY_NOTICE, FOLLOW_UP, TASK_UPSERT, case_subject, follow_up
+from service.intents import (
+    DIGEST,
+    FAMILY_NOTICE,
+    FOLLOW_UP,
+    REFERRER_STATUS,
+    TASK_UPSERT,
+    case_subject,
+    follow_up,
+)
 from service.models import Case, DeliveryLink, Disclosure, OutboxItem, ResourceLink
 from service.outreach import contact_state, recent_family_sends, resources_for
 from service.policy import (
@@ -116,6 +124,10 @@ class Deliverer:
             return self._plan_follow_up(item)
         if item.kind == DIGEST:
             return self._plan_digest(item)
+        if item.kind == REFERRER_STATUS:
+            from service.referrals import plan_status  # it builds on the outbox: not at import
+
+            return plan_status(self, item)
         raise PermanentError(f"unknown outbox kind {item.kind!r}")
 
     def _destination(self, name: str) -> Destination:
@@ -389,6 +401,11 @@ class Deliverer:
         self, conn: Connection, item: OutboxItem, record: dict[str, Any], result: DeliveryResult
     ) -> None:
         now = self.clock()
+        if item.kind == REFERRER_STATUS:
+            from service.referrals import status_delivered
+
+            status_delivered(conn, item, now)
+            return
         if item.kind == TASK_UPSERT and result.external_id:
             self._save_link(conn, item, record, result, now)
         if item.kind == FAMILY_NOTICE:
