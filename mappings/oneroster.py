@@ -292,6 +292,16 @@ def map_result(row: dict[str, str], lookups: Lookups) -> Mapped:
     ]
 
 
+def map_demographics(row: dict[str, str], lookups: Lookups) -> Mapped:
+    """A student's birth date (what a person-based referral can be matched on). Rows about
+    teachers and guardians are ignored: birth dates are kept for students only."""
+    key, active = _base(row)
+    if key not in lookups.students:
+        return []
+    birth = parse_optional_date(row.get("birthDate"), "birthDate")
+    return [("student_demographics", {"student_id": key, "birth_date": birth, "active": active})]
+
+
 def _cols(*names: str) -> frozenset[str]:
     return frozenset(names) | BASE
 
@@ -361,6 +371,15 @@ def entity_mappings(
             _need("givenName", "familyName"), USERS_11 | USERS_12_EXTRA,
             partial(map_user, guardian_roles=guardian_roles), needs=(("roles", "sourcedId"),),
             depends_on=("roles",),
+        ),
+        EntityMapping(
+            "demographics", "demographics.csv", ("student_demographics",), frozenset({"sourcedId"}),
+            _cols("birthDate", "sex", "americanIndianOrAlaskaNative", "asian",
+                  "blackOrAfricanAmerican", "nativeHawaiianOrOtherPacificIslander", "white",
+                  "demographicRaceTwoOrMoreRaces", "hispanicOrLatinoEthnicity",
+                  "countryOfBirthCode", "stateOfBirthAbbreviation", "cityOfBirth",
+                  "publicSchoolResidenceStatus"),
+            map_demographics, needs=(("students", "sourcedId"),), depends_on=("users",),
         ),
         EntityMapping(
             "enrollments", "enrollments.csv", ("enrollments",),

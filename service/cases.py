@@ -11,12 +11,13 @@ they are rendered and checked against policy when sent (`service/delivery.py`).
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from typing import Any
 
 import structlog
-from sqlalchemy import Connection, Engine, bindparam, select, text, update
+from sqlalchemy import Connection, Engine, bindparam, func, insert, select, text, update
 
 from service.bulk import insert_many, table
 from service.case_plan import CHECK_IN, CLOSE_SUGGESTED, close_suggestions, due_check_ins
@@ -83,6 +84,8 @@ class OpenCase:
     rules: set[str]
     categories: set[str]
     reopened: bool = False
+    # A person referred the student: the case waits for a person to close it (no recovery).
+    held_by_person: bool = False
 
 
 def fire_rules(conn: Connection, rules: list[CompiledRule]) -> dict[str, list[Fired]]:
@@ -167,23 +170,33 @@ def evaluate(engine: Engine, settings: Settings, as_of: date | None = None) -> E
     return report
 
 
-def _load_open_cases(conn: Connection) -> dict[str, OpenCase]:
+def _load_open_cases(
+    conn: Connection, students: Collection[str] | None = None, lock: bool = False
+) -> dict[str, OpenCase]:
+    """Every open case, or those of `students` (locked with `lock`, on PostgreSQL)."""
     cases: dict[str, OpenCase] = {}
     q = select(
         Case.id, Case.student_id, Case.revision, Case.severity, Case.assignee_id,
         Case.recovered_since, Case.opened_at,
     ).where(Case.status == "open")  # fmt: skip
-    for cid, sid, rev, sev, assignee, rec, opened in conn.execute(q):
-        cases[sid] = OpenCase(cid, sid, rev, sev, assignee, rec, opened, set(), set())
-    by_id = {c.id: c for c in cases.values()}
     q2 = (
-        select(Referral.case_id, Referral.rule_id, Referral.resource_categories)
+        select(Referral.case_id, Referral.rule_id, Referral.resource_categories, Referral.origin)
         .join(Case, Case.id == Referral.case_id)
         .where(Case.status == "open")
     )
-    for case_id, rule_id, categories in conn.execute(q2):
+    if students is not None:
+        q = q.where(Case.student_id.in_(list(students)))
+        q2 = q2.where(Case.student_id.in_(list(students)))
+    if lock:
+        q = q.with_for_update()
+    for cid, sid, rev, sev, assignee, rec, opened in conn.execute(q):
+        cases[sid] = OpenCase(cid, sid, rev, sev, assignee, rec, opened, set(), set())
+    by_id = {c.id: c for c in cases.values()}
+    for case_id, rule_id, categories, origin in conn.execute(q2):
         if rule_id:
             by_id[case_id].rules.add(rule_id)
+        if origin == "person":
+            by_id[case_id].held_by_person = True
         by_id[case_id].categories.update(categories or [])
     return cases
 
@@ -219,6 +232,10 @@ class CaseBook:
     def _event(self, case_id: int, kind: str, **detail: Any) -> None:
         self.events.append({"case_id": case_id, "kind": kind, "at": self.now, "detail": detail})
 
+    def _load_open(self) -> dict[str, OpenCase]:
+        """The open cases this book works on (re-read after it opens or reopens some)."""
+        return _load_open_cases(self.conn)
+
     def reopen_recent(self, fired: dict[str, list[Fired]]) -> None:
         """Students who relapse soon after a close get that case back."""
         since = self.now - timedelta(days=self.settings.cases.cooldown_days)
@@ -249,7 +266,7 @@ class CaseBook:
         )  # fmt: skip
         for case_id in ids:
             self._event(case_id, "reopened")
-        for sid, case in _load_open_cases(self.conn).items():
+        for sid, case in self._load_open().items():
             if sid in recent:
                 case.reopened = True
                 self.open[sid] = case
@@ -312,7 +329,7 @@ class CaseBook:
             return
         self.conn.execute(Case.__table__.insert(), rows)  # type: ignore[attr-defined]
         created = {r["student_id"] for r in rows}
-        for sid, case in _load_open_cases(self.conn).items():
+        for sid, case in self._load_open().items():
             if sid in created:
                 self.open[sid] = case
                 self._event(case.id, "opened")
@@ -364,7 +381,7 @@ class CaseBook:
         """Cases whose reasons stopped firing: note the recovery, close after recovery_days."""
         recovering: list[dict[str, Any]] = []
         for sid, case in self.open.items():
-            if sid in fired:
+            if sid in fired or case.held_by_person:
                 continue
             if case.recovered_since is None:
                 case.recovered_since = self.as_of
@@ -470,3 +487,126 @@ def _apply(
     book.follow_plan()
     book.save_revisions()
     book.intents()
+    # Referrers whose referral's case closed or reopened hear it in this transaction.
+    from service.referrals import update_referrer_statuses
+
+    touched = [book.open[sid].id for sid in book.changed] + [c.id for c in book.closing]
+    update_referrer_statuses(conn, settings, touched)
+
+
+# -- person-based referrals (service/referrals.py) ----------------------------------------------
+
+PERSON_REASON = "person_referral"
+
+
+@dataclass(frozen=True)
+class PersonReason:
+    """A person's referral as a case reason: what the CaseBook needs to join or open a case."""
+
+    student_id: str
+    severity: str  # low | medium | high, from the referral's urgency
+    # Resource categories for the concerns: suggested to staff; told to the family only when
+    # `tell_family` (the referral's `resource_categories` are what the family hears, as for a
+    # rule, so a later referral with consent still tells them).
+    categories: list[str]
+    tell_family: bool
+    # Who referred, their role and relationship, the concerns, urgency, date and note.
+    evidence: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Placed:
+    """Where a person's referral landed."""
+
+    case_id: int
+    referral_id: int  # the case reason (`referrals.id`)
+    opened: bool  # a new case (or a reopened one), not a join
+    assignee_id: str | None
+
+
+class PersonCaseBook(CaseBook):
+    """The CaseBook for referrals people make: the same reopen, open (least-loaded assignment),
+    revision and intent steps as an evaluation, for the few students named, their open cases
+    locked (PostgreSQL) so two referrals about one student bump the revision one after the
+    other. A person's referral is always a new reason, so a case closed in a staff tool
+    reopens for it within the cooldown."""
+
+    def __init__(self, conn: Connection, settings: Settings, as_of: date, students: set[str]):
+        # Not the parent's: it reads every open case for a whole evaluation.
+        self.conn = conn
+        self.settings = settings
+        self.as_of = as_of
+        self.report = EvaluationReport(as_of)
+        self.now = utcnow()
+        self.students = students
+        self.open = self._load_open()
+        self.load = Counter()
+        self.events = []
+        self.changed = {}
+        self.closing = []
+
+    def _load_open(self) -> dict[str, OpenCase]:
+        return _load_open_cases(self.conn, self.students, lock=True)
+
+    def _respect_closes_in_tools(
+        self, fired: dict[str, list[Fired]], recent: dict[str, int]
+    ) -> None:
+        """A person's concern is new information: it reopens a case closed in a tool too."""
+
+    def _loads(self) -> Counter[str]:
+        """Open cases per case manager, for least-loaded assignment (only the managers who could
+        take these students: one grouped count instead of every open case)."""
+        staff = [c.staff_id for c in self.settings.caseloads]
+        if not staff:
+            return Counter()
+        q = (
+            select(Case.assignee_id, func.count())
+            .where(Case.status == "open", Case.assignee_id.in_(staff))
+            .group_by(Case.assignee_id)
+        )
+        return Counter({str(assignee): int(n) for assignee, n in self.conn.execute(q)})
+
+    def place(self, reasons: list[PersonReason]) -> dict[str, Placed]:
+        """Join each student's open case, reopen a recent one, or open one; then the revision,
+        the events and the outbox intents, all in the caller's transaction."""
+        fired: dict[str, list[Fired]] = {r.student_id: [] for r in reasons}
+        before = set(self.open)
+        self.reopen_recent(fired)
+        missing = [sid for sid in fired if sid not in self.open]
+        if missing:
+            self.load = self._loads()
+            self.open_new(fired, student_facts(self.conn, missing))
+        referral_ids = {r.student_id: self._add(r) for r in reasons}
+        self.save_revisions()
+        self.intents()
+        return {
+            sid: Placed(self.open[sid].id, referral_ids[sid], sid not in before,
+                        self.open[sid].assignee_id)
+            for sid in fired
+        }  # fmt: skip
+
+    def _add(self, reason: PersonReason) -> int:
+        sid = reason.student_id
+        case = self.open[sid]
+        told = reason.categories if reason.tell_family else []
+        referral_id = self.conn.execute(
+            insert(Referral)
+            .values(
+                case_id=case.id, student_id=sid, origin="person", reason=PERSON_REASON,
+                severity=reason.severity, resource_categories=told,
+                evidence={**reason.evidence, "resource_categories": reason.categories},
+                created_at=self.now, last_fired_on=self.as_of,
+            )
+            .returning(Referral.id)
+        ).scalar_one()  # fmt: skip
+        about = reason.evidence.get("referral") or {}
+        self._event(case.id, "reason_added", origin="person", reason=PERSON_REASON,
+                    referral=about.get("id"), concerns=about.get("concerns"),
+                    urgency=about.get("urgency"))  # fmt: skip
+        if SEVERITY_ORDER[reason.severity] > SEVERITY_ORDER.get(case.severity, 0):
+            case.severity = reason.severity
+        self.changed.setdefault(sid, set()).update(c for c in told if c not in case.categories)
+        case.categories.update(told)
+        case.held_by_person = True
+        case.recovered_since = None  # a new concern: the case is not recovering any more
+        return int(referral_id)

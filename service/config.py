@@ -300,6 +300,58 @@ class ApiConfig(Strict):
         return value
 
 
+# Concern -> the resource categories a family may hear about for it (filtered to categories the
+# district has resources in). Safety and "other" name none: staff decide what the family hears.
+DEFAULT_CONCERNS: dict[str, list[str]] = {
+    "attendance": ["attendance"],
+    "academics": ["tutoring"],
+    "behavior": ["counseling"],
+    "basic_needs": ["basic-needs", "food"],
+    "housing": ["housing", "basic-needs"],
+    "health": ["health"],
+    "mental_health": ["mental-health", "counseling"],
+    "safety": [],
+    "family": ["counseling"],
+    "other": [],
+}
+
+
+class ReferralConfig(Strict):
+    """Person-based referrals (`POST /referrals`)."""
+
+    # The closed list of concern categories a referral may name, each with the resource
+    # categories families may hear about for it.
+    concerns: dict[str, list[str]] = DEFAULT_CONCERNS
+    # A referral naming one of these never triggers a family notice, consent or not (a safety
+    # concern may be about someone at home).
+    no_family_notice: list[str] = ["safety"]
+    # Mix `policy.general_support` into what families hear, like a rule's `mix_general_support`.
+    mix_general_support: bool = False
+    # The referrer is told "assigned" no sooner than this after the referral arrived, so the
+    # status cannot tell a student found at once from one staff had to look for.
+    assigned_status_delay_hours: float = Field(24.0, ge=0)
+    # The channel that emails referrers (acknowledgement and status); default: the first
+    # channel with an email medium. None configured: referrers check the status URL instead.
+    email_channel: str | None = None
+    # Where referrers reach casebridge: status URLs are absolute when set.
+    public_url: str | None = None
+
+    @field_validator("concerns")
+    @classmethod
+    def _concern_names(cls, value: dict[str, list[str]]) -> dict[str, list[str]]:
+        bad = [k for k in value if not re.fullmatch(r"[a-z0-9][a-z0-9_-]*", k)]
+        if bad or not value:
+            raise ValueError(f"concerns must be lower-case names (a-z, 0-9, _ or -); got {bad}")
+        return value
+
+    @model_validator(mode="after")
+    def _known_concerns(self) -> ReferralConfig:
+        unknown = [c for c in self.no_family_notice if c not in self.concerns]
+        if unknown:
+            raise ValueError(f"no_family_notice names concerns not in concerns: {unknown}")
+        return self
+
+
 class Settings(Strict):
     district: DistrictConfig
     database: DatabaseConfig = DatabaseConfig()
@@ -322,6 +374,7 @@ class Settings(Strict):
     policy: PolicyConfig = PolicyConfig()
     schedules: ScheduleConfig = ScheduleConfig()
     api: ApiConfig = ApiConfig()
+    referrals: ReferralConfig = ReferralConfig()
 
     # Where the file was read from; relative paths in it are taken from there.
     base_dir: Path = Path(".")
@@ -382,6 +435,12 @@ def _cross_problems(raw: dict[str, Any], file: str) -> list[ConfigProblem]:
             problems.append(
                 ConfigProblem(file, "policy.general_support", f"no resource has category {missing}")
             )
+    referrals = raw.get("referrals")
+    wanted_channel = referrals.get("email_channel") if isinstance(referrals, dict) else None
+    if wanted_channel and wanted_channel not in {c.get("name") for c in items("channels")}:
+        problems.append(
+            ConfigProblem(file, "referrals.email_channel", f"no channel named {wanted_channel!r}")
+        )
     for index, rule in enumerate(items("rules")):
         if rule.get("mix_general_support") and not general:
             problems.append(

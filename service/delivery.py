@@ -37,7 +37,15 @@ from service.clock import utcnow
 from service.config import Settings
 from service.consent import mark_sms_unusable, record_opt_out
 from service.errors import AddressRejected, PermanentError
-from service.intents import DIGEST, FAMILY_NOTICE, FOLLOW_UP, TASK_UPSERT, case_subject, follow_up
+from service.intents import (
+    DIGEST,
+    FAMILY_NOTICE,
+    FOLLOW_UP,
+    REFERRER_STATUS,
+    TASK_UPSERT,
+    case_subject,
+    follow_up,
+)
 from service.models import Case, DeliveryLink, Disclosure, OutboxItem, ResourceLink
 from service.outreach import contact_states, recent_family_sends_many, resources_for
 from service.policy import (
@@ -200,9 +208,14 @@ class Deliverer:
             if item.id in plans:
                 continue
             try:
-                if item.kind != DIGEST:
+                if item.kind == DIGEST:
+                    plans[item.id] = self._plan_digest(item)
+                elif item.kind == REFERRER_STATUS:
+                    from service.referrals import plan_status  # it builds on the outbox
+
+                    plans[item.id] = plan_status(self, item)
+                else:
                     raise PermanentError(f"unknown outbox kind {item.kind!r}")
-                plans[item.id] = self._plan_digest(item)
             except Exception as exc:
                 plans[item.id] = exc
         return [plans[i.id] for i in items]
@@ -575,6 +588,13 @@ class Deliverer:
         """Links, follow-ups and disclosure records for deliveries just marked, in the marks'
         transaction: a handful of statements however many deliveries."""
         now = self.clock()
+        referrer = [d for d in deliveries if d.item.kind == REFERRER_STATUS]
+        if referrer:
+            from service.referrals import status_delivered
+
+            for d in referrer:  # a status that names no student: nothing is disclosed
+                status_delivered(conn, d.item, now)
+            deliveries = [d for d in deliveries if d.item.kind != REFERRER_STATUS]
         self._save_links(
             conn, [d for d in deliveries if d.item.kind == TASK_UPSERT and d.result.external_id],
             now,

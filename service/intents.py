@@ -119,3 +119,29 @@ def digest(destination: str, staff_id: str, local_day: str, until: str) -> dict[
         "student_id": None,
         "payload": {"staff_id": staff_id, "day": local_day, "until": until},
     }
+
+
+# -- person-based referrals: what the referrer hears (service/referrals.py) ----------------------
+
+REFERRER_STATUS = "referrer_status"
+
+
+def referrer_status_key(referral: str, state: str) -> str:
+    """One message per referral and state: a re-run, a retry or a case that closes and reopens
+    tells the referrer each state once."""
+    return f"referrer:{referral}:status-{state}"  # the public id reads "ref_..."
+
+
+def referrer_status(
+    channel: str, referral: str, state: str, student_id: str | None, case_id: int | None
+) -> dict[str, Any]:
+    """Tell the person who made referral `referral` (its public id) that it reached `state`
+    (received, assigned, closed). The address is read from the referral when sent."""
+    return {
+        "idempotency_key": referrer_status_key(referral, state),
+        "kind": REFERRER_STATUS,
+        "target": channel,
+        "case_id": case_id,
+        "student_id": student_id,
+        "payload": {"referral": referral, "state": state},
+    }

@@ -641,3 +641,70 @@ class ToolStatusReceipt(Base):
     case_id: Mapped[int | None] = mapped_column(SerialId)
     outcome: Mapped[str] = mapped_column(String(32))
     received_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+# -- person-based referrals (issue 10) -----------------------------------------------------------
+
+
+class StudentDemographics(SourceRow, Base):
+    """What OneRoster's `demographics.csv` says about a student that a referral can be matched
+    on: the birth date. Kept apart from `students`, which each users.csv import rewrites whole."""
+
+    __tablename__ = "student_demographics"
+    student_id: Mapped[str] = mapped_column(Key, primary_key=True)
+    birth_date: Mapped[date | None] = mapped_column(Date, index=True)
+
+
+class PersonReferral(Base):
+    """A concern a person reported through `POST /referrals`, as they sent it, and what became
+    of it: matched to a student (it then has a case reason in `referrals`), waiting for staff to
+    say who the student is, or rejected.
+
+    The referrer's status token is never stored; `referral_status_tokens` holds its SHA-256.
+    """
+
+    __tablename__ = "person_referrals"
+    id: Mapped[int] = mapped_column(SerialId, primary_key=True, autoincrement=True)
+    # What callers see: random, so ids say nothing about how many referrals a district gets.
+    public_id: Mapped[str] = mapped_column(String(32), unique=True)
+    received_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    received_on: Mapped[date] = mapped_column(Date)  # the district's date
+    token_id: Mapped[int | None] = mapped_column(ForeignKey("api_tokens.id"))
+    idempotency_key: Mapped[str | None] = mapped_column(String(255))
+    # The same referrer, student, concerns and day through the same token: one referral.
+    fingerprint: Mapped[str] = mapped_column(String(64), unique=True)
+    referrer_name: Mapped[str] = mapped_column(String(255))
+    referrer_role: Mapped[str] = mapped_column(String(32))
+    referrer_email: Mapped[str | None] = mapped_column(String(255))
+    relationship: Mapped[str] = mapped_column(String(128))
+    concerns: Mapped[list[Any]] = mapped_column(Json)
+    note: Mapped[str] = mapped_column(Text)
+    urgency: Mapped[str] = mapped_column(String(16))  # routine | soon | urgent
+    family_contact_ok: Mapped[bool] = mapped_column(Boolean)
+    # The student as the referrer named them (local id, names, school, birth date).
+    identification: Mapped[dict[str, Any]] = mapped_column(Json)
+    # The student's school once matched, else the school as given (school-limited tokens).
+    school_id: Mapped[str | None] = mapped_column(Key, index=True)
+    # How the student was found (local_id, name_school_birth_date, staff) or why not.
+    match: Mapped[str] = mapped_column(String(32))
+    state: Mapped[str] = mapped_column(String(16), index=True)  # matched | unmatched | rejected
+    student_id: Mapped[str | None] = mapped_column(Key, index=True)
+    case_id: Mapped[int | None] = mapped_column(ForeignKey("cases.id"), index=True)
+    referral_id: Mapped[int | None] = mapped_column(ForeignKey("referrals.id"))
+    rejection_reason: Mapped[str | None] = mapped_column(String(32))
+    resolved_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    resolved_by: Mapped[str | None] = mapped_column(String(128))
+    # What the referrer has been told: received | assigned | closed.
+    referrer_status: Mapped[str] = mapped_column(String(16))
+    __table_args__ = (
+        Index("uq_person_referrals_token_key", "token_id", "idempotency_key", unique=True),
+    )
+
+
+class ReferralStatusToken(Base):
+    """The SHA-256 of a status token given to a referrer (a replayed POST gets a new one)."""
+
+    __tablename__ = "referral_status_tokens"
+    token_sha256: Mapped[str] = mapped_column(String(64), primary_key=True)
+    person_referral_id: Mapped[int] = mapped_column(ForeignKey("person_referrals.id"), index=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))

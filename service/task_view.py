@@ -173,9 +173,35 @@ def _reason_view(settings: Settings, raw: dict[str, Any]) -> dict[str, Any]:
         "evidence": {"as_of": evidence.get("as_of"), "indicators": shown} if shown else {},
         "evidence_summary": [{"text": t} for t in evidence_lines(settings, used, values)],
     }
-    if raw.get("origin") == "person" and evidence.get("note"):
-        view["note"] = evidence["note"]
+    if raw.get("origin") == "person":
+        about = evidence.get("referral") or {}
+        if about:  # who referred, why and how urgently, in the task as in the API
+            view["referral"] = about
+            view["evidence_summary"] = [{"text": t} for t in referral_lines(about)]
+        if evidence.get("note"):
+            view["note"] = evidence["note"]
     return view
+
+
+ROLE_LABELS = {"parent_guardian": "parent/guardian", "community_partner": "community partner"}
+
+
+def referral_lines(about: dict[str, Any]) -> list[str]:
+    """A person's referral for a counselor: who, their relationship, when, what, how urgent,
+    and whether the family may be contacted about it."""
+    referrer = about.get("referrer") or {}
+    role = str(referrer.get("role") or "")
+    who = f"referred by {referrer.get('name') or 'someone'} ({ROLE_LABELS.get(role, role)}"
+    if referrer.get("relationship"):
+        who += f"; {referrer['relationship']}"
+    lines = [f"{who}) on {about.get('received_on')}"]
+    concerns = [str(c).replace("_", " ") for c in about.get("concerns") or []]
+    if concerns:
+        lines.append("concerns: " + ", ".join(concerns))
+    lines.append(f"urgency: {about.get('urgency')}")
+    if about.get("family_contact_ok") is False:
+        lines.append("the referrer did not agree to contacting the family")
+    return lines
 
 
 def suggested_resources(settings: Settings, reasons: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -183,7 +209,10 @@ def suggested_resources(settings: Settings, reasons: list[dict[str, Any]]) -> li
     out: dict[str, dict[str, Any]] = {}
     for reason in reasons:
         label = str(reason.get("reason") or "").replace("_", " ")
-        for category in reason.get("resource_categories") or []:
+        # A person's referral suggests resources for its concerns even when the family is not
+        # told about them (`resource_categories` are what the family hears).
+        staff_only = (reason.get("evidence") or {}).get("resource_categories") or []
+        for category in dict.fromkeys([*(reason.get("resource_categories") or []), *staff_only]):
             for r in settings.resources:
                 if r.category != category:
                     continue
@@ -342,6 +371,8 @@ def disclosed_categories(task: dict[str, Any]) -> list[str]:
     for category in (task.get("progress") or {}).get("categories") or []:
         if category not in categories:
             categories.append(category)
+    if any(r.get("referral") for r in task.get("reasons") or []):
+        categories.append("referral")  # who referred, the concerns, the urgency
     if any(r.get("note") for r in task.get("reasons") or []):
         categories.append("referral_note")
     if task.get("resources"):

@@ -96,6 +96,9 @@ def apply_report(conn: Connection, settings: Settings, report: StatusReport) -> 
     )
     destinations = [d.name for d in settings.destinations]
     enqueue(conn, task_upserts(destinations, case.id, case.student_id, revision))
+    from service.referrals import update_referrer_statuses  # referrers hear close and reopen
+
+    update_referrer_statuses(conn, settings, [case.id])
     log.info("tool_status.applied", case_id=case.id, outcome=outcome, via=report.via)
     return outcome
 

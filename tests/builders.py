@@ -43,6 +43,7 @@ class Person:
     dnc: bool = False
     begin: date | None = None
     end: date | None = None
+    birth: date | None = None  # written to demographics.csv (students only)
 
 
 @dataclass
@@ -76,6 +77,7 @@ class TinyDistrict:
         end: date | None = None,
         given: str = "Maria",
         family: str = "Lopez",
+        birth: date | None = None,
     ) -> Person:
         p = Person(
             sid,
@@ -88,6 +90,7 @@ class TinyDistrict:
             list(guardians),
             begin=begin,
             end=end,
+            birth=birth,
         )
         self.people.append(p)
         return p
@@ -165,13 +168,20 @@ class TinyDistrict:
             "lineItems",
             "results",
         ] + (["roles"] if version == "1.2" else [])
+        births = [p for p in self.people if p.role == "student" and p.birth]
         _csv(
             ors / "manifest.csv",
             ["propertyName", "value"],
             [["manifest.version", "1.0"], ["oneroster.version", version]]
             + [[f"file.{f}", "bulk"] for f in files]
-            + [["file.demographics", "absent"]],
+            + [["file.demographics", "bulk" if births else "absent"]],
         )
+        if births:
+            _csv(
+                ors / "demographics.csv",
+                ["sourcedId", "status", "dateLastModified", "birthDate"],
+                [[p.sourced_id, "active", STAMP, p.birth.isoformat()] for p in births if p.birth],
+            )
         _csv(
             ors / "orgs.csv",
             [

@@ -21,7 +21,7 @@ from itertools import count
 from pathlib import Path
 from typing import IO
 
-__all__ = ["GenerationSummary", "generate_district"]
+__all__ = ["GenerationSummary", "generate_district", "write_demographics"]
 
 YEAR_START = date(2026, 8, 17)
 YEAR_END = date(2027, 6, 4)
@@ -1166,3 +1166,41 @@ def _write_rows(path: Path, header: list[str], rows: list[list[str]], latin1_row
             line = buf.getvalue()
             fh.write(line.encode("cp1252") if i - 1 == latin1_row else
                      line.encode("utf-8", "surrogateescape"))  # fmt: skip
+
+
+def write_demographics(out_dir: Path) -> int:
+    """Add `demographics.csv` with a birth date for every student of a generated district (for
+    matching person-based referrals by name, school and birth date) and list it in the manifest.
+
+    Separate from ``generate_district`` so its files stay byte-identical; the dates come from a
+    hash of each student's sourcedId and grade, so the same district gets the same dates.
+    Returns the number of students written.
+    """
+    import hashlib
+
+    folder = Path(out_dir) / "oneroster"
+    with (folder / "users.csv").open(encoding="utf-8", newline="") as fh:
+        users = list(csv.DictReader(fh))
+    students: set[str] = set()
+    if (folder / "roles.csv").exists():  # 1.2 keeps the role in roles.csv
+        with (folder / "roles.csv").open(encoding="utf-8", newline="") as fh:
+            students = {r["userSourcedId"] for r in csv.DictReader(fh) if r["role"] == "student"}
+    else:
+        students = {u["sourcedId"] for u in users if u.get("role") == "student"}
+    rows: list[list[str]] = []
+    for user in users:
+        sid = user["sourcedId"]
+        if sid not in students:
+            continue
+        grade = (user.get("grades") or "").split(",")[0].strip()
+        age = 5 + (0 if grade in ("KG", "") else int(grade))  # on 1 September of the year
+        spread = int.from_bytes(hashlib.sha256(sid.encode()).digest()[:4], "big") % 365
+        born = date(YEAR_START.year - age - 1, 9, 2) + timedelta(days=spread)
+        rows.append([sid, "active", user.get("dateLastModified") or "", born.isoformat()])
+    _write_rows(folder / "demographics.csv", ["sourcedId", "status", "dateLastModified",
+                                              "birthDate"], rows)  # fmt: skip
+    manifest = (folder / "manifest.csv").read_text(encoding="utf-8")
+    (folder / "manifest.csv").write_text(
+        manifest.replace("file.demographics,absent", "file.demographics,bulk"), encoding="utf-8"
+    )
+    return len(rows)

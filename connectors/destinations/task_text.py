@@ -8,12 +8,13 @@ from typing import Any
 
 def reason_line(reason: dict[str, Any]) -> str:
     label = str(reason.get("reason") or "").replace("_", " ")
+    summary = "; ".join(e["text"] for e in reason.get("evidence_summary") or [] if e.get("text"))
     if reason.get("origin") == "person":
         note = reason.get("note") or ""
-        return f"{label} (referred by staff){': ' + note if note else ''}"
+        about = f" ({summary})" if summary else " (referred by a person)"
+        return f"{label}{about}{': ' + note if note else ''}"
     rule = f"rule {reason.get('rule_id')} v{reason.get('rule_version')}"
-    evidence = "; ".join(e["text"] for e in reason.get("evidence_summary") or [] if e.get("text"))
-    return f"{label} ({rule}){': ' + evidence if evidence else ''}"
+    return f"{label} ({rule}){': ' + summary if summary else ''}"
 
 
 def resource_line(resource: dict[str, Any]) -> str:

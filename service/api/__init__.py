@@ -74,6 +74,10 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
     app.register_blueprint(families)
     app.register_blueprint(tool_webhooks.bp)  # staff tools report task status back
 
+    from service.api.referrals import api as referrals_api
+
+    app.register_api(referrals_api)
+
     @app.get("/openapi.json", doc_ui=False)
     def openapi_json() -> Any:
         return jsonify(app.api_doc)
