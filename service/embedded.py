@@ -16,7 +16,6 @@ supervisor to restart it.
 
 from __future__ import annotations
 
-import os
 import sys
 import threading
 import time
@@ -33,7 +32,7 @@ from werkzeug.serving import ThreadedWSGIServer, WSGIRequestHandler
 from jobs.scheduler import Scheduler
 from service.config import Settings
 from service.http_logs import access_line
-from service.roles import WorkerLoop, stop_on_signals, stop_scheduler
+from service.roles import WorkerLoop, exit_unless_stopped_by, stop_on_signals, stop_scheduler
 
 log = structlog.get_logger(__name__)
 
@@ -158,19 +157,9 @@ class AllInOne:
         if by_name["api"].thread.is_alive():
             server.shutdown()  # stops accepting; requests in flight go on in their threads
         stop_scheduler(scheduler, by_name["scheduler"].thread, deadline)
-        lingering = self._join_until(deadline, [role.thread for role in roles])
-        # Request threads and a scheduled job still running (APScheduler's pool threads).
-        lingering += self._join_until(deadline, _other_non_daemon_threads())
+        # The roles, requests in flight and a scheduled job still running (APScheduler's pool).
+        exit_unless_stopped_by(deadline, "casebridge all-in-one")
         self.engine.dispose()
-        if lingering:
-            log.error("all_in_one.stop_timed_out", still_running=sorted(set(lingering)))
-            announce_stop = f"stopped after {self.shutdown_timeout:.0f} s with " + ", ".join(
-                sorted(set(lingering))
-            )
-            print(f"casebridge all-in-one: {announce_stop} still running", file=sys.stderr)
-            sys.stdout.flush()
-            sys.stderr.flush()
-            os._exit(1)  # those threads would hold the interpreter's exit forever
         if self.failed:
             print(f"casebridge all-in-one: {', '.join(self.failed)} failed", file=sys.stderr)
             return 1
@@ -188,18 +177,3 @@ class AllInOne:
             log.exception("all_in_one.role_failed", role=role.name, error=type(exc).__name__)
         finally:
             self.stop.set()
-
-    @staticmethod
-    def _join_until(deadline: float, threads: list[threading.Thread]) -> list[str]:
-        for thread in threads:
-            thread.join(max(0.0, deadline - time.monotonic()))
-        return [t.name for t in threads if t.is_alive()]
-
-
-def _other_non_daemon_threads() -> list[threading.Thread]:
-    current = threading.current_thread()
-    return [
-        t
-        for t in threading.enumerate()
-        if t is not current and not t.daemon and t is not threading.main_thread()
-    ]

@@ -7,7 +7,9 @@ rest of its claimed batch back at once, so another worker need not wait for the 
 
 from __future__ import annotations
 
+import os
 import signal
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -148,5 +150,25 @@ def run_scheduler_role(engine: Engine, settings: Settings, shutdown_timeout: flo
     thread.start()
     while not stop.wait(0.5):
         pass
-    stop_scheduler(scheduler, thread, time.monotonic() + shutdown_timeout)
+    deadline = time.monotonic() + shutdown_timeout
+    stop_scheduler(scheduler, thread, deadline)
+    exit_unless_stopped_by(deadline, "casebridge scheduler")
     return not failed
+
+
+def exit_unless_stopped_by(deadline: float, what: str) -> None:
+    """Wait until `deadline` for this process's other non-daemon threads (requests in flight,
+    a scheduled job still running); exit 1 at once if some are still going then, since the
+    interpreter would otherwise wait for them however long they take."""
+    current, main = threading.current_thread(), threading.main_thread()
+    others = [t for t in threading.enumerate() if t not in (current, main) and not t.daemon]
+    for thread in others:
+        thread.join(max(0.0, deadline - time.monotonic()))
+    lingering = sorted({t.name for t in others if t.is_alive()})
+    if lingering:
+        log.error("stop.timed_out", still_running=lingering)
+        print(f"{what}: still running at the stop deadline: {', '.join(lingering)}",
+              file=sys.stderr)  # fmt: skip
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(1)

@@ -184,6 +184,38 @@ def test_all_in_one_serves_delivers_and_stops_cleanly_on_sigterm(
     engine.dispose()
 
 
+def test_a_stop_that_cannot_finish_in_time_exits_1_instead_of_hanging(
+    tmp_path: Path, running: list[Running]
+) -> None:
+    """A delivery stuck past --shutdown-timeout: the process still ends, and says why."""
+    url = f"sqlite:///{tmp_path / 'cb.db'}"
+    data, out = tmp_path / "data", tmp_path / "out"
+    generate_district(data, students=30, seed=21)
+    raw = raw_config_for(url, data, out, channels=[sms_channel(delay_seconds=600)])
+    config = write(tmp_path / "district.yaml", raw)
+    settings = parse_settings(raw, str(config), tmp_path)
+    from service import db
+
+    db.upgrade(url)
+    engine = open_engine(settings)
+    run_sync(engine, settings)
+    run_evaluate(engine, settings)
+
+    aio = Running(config, "all-in-one", "--port", "0", "--shutdown-timeout", "1")
+    running.append(aio)
+    aio.wait_for_line(r"API on http://")
+    in_flight = "SELECT COUNT(*) FROM outbox WHERE status = 'sending' AND kind = 'family_notice'"
+    wait_for("a text in flight", lambda: scalar(engine, in_flight) == 1)
+
+    assert aio.terminate() == 1, aio.output()
+    time.sleep(0.2)  # the reader threads drain the pipes
+    assert "still running at the stop deadline: casebridge-worker" in aio.output()
+    assert "stopped cleanly" not in aio.output()
+    # The text in flight stays `sending`: the next worker reconciles it, never resends blindly.
+    assert scalar(engine, in_flight) == 1
+    engine.dispose()
+
+
 @pytest.mark.parametrize("command", ["serve", "all-in-one"])
 def test_the_api_refuses_an_old_schema_and_all_in_one_upgrade_fixes_it(
     tmp_path: Path, command: str, running: list[Running]
