@@ -46,7 +46,14 @@ from service.intents import (
     case_subject,
     follow_up,
 )
-from service.models import Case, DeliveryLink, Disclosure, OutboxItem, ResourceLink
+from service.models import (
+    Case,
+    ClaimedItem,
+    DeliveryLink,
+    Disclosure,
+    OutboxItem,
+    ResourceLink,
+)
 from service.outreach import contact_states, recent_family_sends_many, resources_for
 from service.policy import (
     ChannelChoice,
@@ -112,7 +119,7 @@ Plan = Skip | Wait | Send
 class Delivered:
     """A delivery the target confirmed, waiting for its mark."""
 
-    item: OutboxItem
+    item: ClaimedItem
     record: dict[str, Any]
     result: DeliveryResult
 
@@ -122,7 +129,7 @@ def _batched(target: object, request: TaskUpsert | OutgoingMessage) -> Batched |
     return Batched(deliver_many, request) if callable(deliver_many) else None
 
 
-def _sequence_key(item: OutboxItem) -> Hashable | None:
+def _sequence_key(item: ClaimedItem) -> Hashable | None:
     """Items with the same key must be planned one after the other's mark: a contact's notices
     (the family cap and already-sent resources count delivered notices) and a manager's digests
     (each starts where the previous delivered one ended)."""
@@ -166,18 +173,18 @@ class Deliverer:
 
     # -- plan ---------------------------------------------------------------------------------
 
-    def plan(self, item: OutboxItem) -> Plan:
+    def plan(self, item: ClaimedItem) -> Plan:
         outcome = self.plan_many([item])[0]
         if isinstance(outcome, Exception):
             raise outcome
         return outcome
 
     @staticmethod
-    def rounds(items: Sequence[OutboxItem]) -> list[list[OutboxItem]]:
+    def rounds(items: Sequence[ClaimedItem]) -> list[list[ClaimedItem]]:
         """The claimed batch in rounds, order kept: the n-th item of one sequence (a contact's
         notices, a manager's digests) goes to round n, to be planned after the earlier ones
         were marked. Nearly everything lands in the first round."""
-        out: list[list[OutboxItem]] = []
+        out: list[list[ClaimedItem]] = []
         seen: Counter[Hashable] = Counter()
         for item in items:
             key = _sequence_key(item)
@@ -190,7 +197,7 @@ class Deliverer:
             out[n].append(item)
         return out
 
-    def plan_many(self, items: Sequence[OutboxItem]) -> list[Plan | Exception]:
+    def plan_many(self, items: Sequence[ClaimedItem]) -> list[Plan | Exception]:
         """Plan a round with one read per table; each entry is the item's plan or the error
         planning it met (the dispatcher handles it by the taxonomy). Items of one sequence
         (`rounds`) must come in separate calls."""
@@ -226,7 +233,7 @@ class Deliverer:
             raise PermanentError(f"no destination named {name!r} is configured")
         return found
 
-    def _plan_tasks(self, items: list[OutboxItem]) -> dict[int, Plan | Exception]:
+    def _plan_tasks(self, items: list[ClaimedItem]) -> dict[int, Plan | Exception]:
         plans: dict[int, Plan | Exception] = {}
         wanted: dict[int, tuple[Destination, int, int]] = {}  # item -> destination, case, rev
         for item in items:
@@ -243,7 +250,7 @@ class Deliverer:
         with self.engine.connect() as conn:
             links = self._links(conn, list(keys.values()))
             newest = self._newest_queued_tasks(conn, case_ids)
-            live: list[OutboxItem] = []
+            live: list[ClaimedItem] = []
             for item in items:
                 if item.id not in wanted:
                     continue
@@ -286,7 +293,7 @@ class Deliverer:
 
     def _task_send(
         self,
-        item: OutboxItem,
+        item: ClaimedItem,
         destination: Destination,
         case_id: int,
         task: dict[str, Any],
@@ -313,7 +320,7 @@ class Deliverer:
             batch=_batched(destination, TaskUpsert(item.idempotency_key, subject, task, current)),
         )
 
-    def _plan_digest(self, item: OutboxItem) -> Plan:
+    def _plan_digest(self, item: ClaimedItem) -> Plan:
         """A case manager's daily digest, read now; nothing is sent on a quiet day."""
         from service.digest import build_digest
 
@@ -340,7 +347,7 @@ class Deliverer:
             dedupes_by_key=destination.idempotency == "provider_key",
         )
 
-    def _plan_family(self, items: list[OutboxItem]) -> dict[int, Plan | Exception]:
+    def _plan_family(self, items: list[ClaimedItem]) -> dict[int, Plan | Exception]:
         """Family notices and follow-ups: what they depend on is read for all at once."""
         settings = self.settings
         if settings.templates is None:
@@ -379,7 +386,7 @@ class Deliverer:
     def _plan_notice(
         self,
         conn: Connection,
-        item: OutboxItem,
+        item: ClaimedItem,
         facts: FamilyFacts,
         now: datetime,
         resource_links: dict[int, dict[str, Any]],
@@ -460,7 +467,7 @@ class Deliverer:
         return self._family_send(item, channel, message, record)
 
     def _family_send(
-        self, item: OutboxItem, channel: Channel, message: FamilyMessage, record: dict[str, Any]
+        self, item: ClaimedItem, channel: Channel, message: FamilyMessage, record: dict[str, Any]
     ) -> Send:
         rate: tuple[str, float] | None = getattr(channel, "rate_limit", None)
 
@@ -480,7 +487,7 @@ class Deliverer:
             batch=batch,
         )
 
-    def _plan_follow_up(self, item: OutboxItem, facts: FamilyFacts) -> Plan:
+    def _plan_follow_up(self, item: ClaimedItem, facts: FamilyFacts) -> Plan:
         """The closed-loop question, by text on the notice's channel, under the same consent."""
         settings = self.settings
         assert settings.templates is not None
@@ -542,7 +549,7 @@ class Deliverer:
 
     # -- after a crash ------------------------------------------------------------------------
 
-    def reconcile(self, item: OutboxItem) -> Reconciled:
+    def reconcile(self, item: ClaimedItem) -> Reconciled:
         """Ask the target whether an item left in `sending` went out."""
         record = item.result or {}
         since = aware(item.sending_at or item.created_at)
@@ -580,7 +587,7 @@ class Deliverer:
     # -- what follows a delivery, in the delivered mark's transaction ---------------------------
 
     def delivered(
-        self, conn: Connection, item: OutboxItem, record: dict[str, Any], result: DeliveryResult
+        self, conn: Connection, item: ClaimedItem, record: dict[str, Any], result: DeliveryResult
     ) -> None:
         self.delivered_many(conn, [Delivered(item, record, result)])
 
@@ -638,7 +645,7 @@ class Deliverer:
              **disclosure}
         ]  # fmt: skip
 
-    def rejected(self, conn: Connection, item: OutboxItem, exc: AddressRejected) -> None:
+    def rejected(self, conn: Connection, item: ClaimedItem, exc: AddressRejected) -> None:
         """Record a provider's final refusal of an address on the contact (the mark's
         transaction). A carrier opt-out means the family texted STOP to us: like a STOP our
         webhook receives, it stops every channel. An invalid number is unusable for SMS."""
@@ -721,7 +728,7 @@ class FamilyFacts:
 
     @classmethod
     def read(
-        cls, conn: Connection, items: list[OutboxItem], notified: list[str], since: datetime
+        cls, conn: Connection, items: list[ClaimedItem], notified: list[str], since: datetime
     ) -> FamilyFacts:
         """`notified`: the contacts whose delivered notices since `since` count (caps, repeats)."""
         case_ids = sorted({i.case_id for i in items if i.case_id is not None})
@@ -736,8 +743,8 @@ class FamilyFacts:
             schools=school_names(conn, [s.get("school_id") for s in students.values()]),
         )
 
-    def contact(self, item: OutboxItem) -> ContactState:
+    def contact(self, item: ClaimedItem) -> ContactState:
         return self.contacts[(str(item.student_id), str(item.contact_id))]
 
-    def student(self, item: OutboxItem) -> dict[str, Any]:
+    def student(self, item: ClaimedItem) -> dict[str, Any]:
         return self.students.get(str(item.student_id), {})

@@ -16,7 +16,7 @@ from sqlalchemy import Connection, Engine, select
 
 from service.config import Settings
 from service.intents import DIGEST, case_subject, digest
-from service.models import Case, CaseEvent, OutboxItem, School
+from service.models import Case, CaseEvent, ClaimedItem, OutboxItem, School
 from service.outbox import enqueue
 from service.task_view import aware, student_facts
 
@@ -48,7 +48,7 @@ def queue_digests(engine: Engine, settings: Settings, until: datetime) -> int:
         return enqueue(conn, items)
 
 
-def build_digest(conn: Connection, settings: Settings, item: OutboxItem) -> dict[str, Any] | None:
+def build_digest(conn: Connection, settings: Settings, item: ClaimedItem) -> dict[str, Any] | None:
     """What the digest says, read now; None when the case manager is no longer configured."""
     staff_id = str(item.payload["staff_id"])
     manager = next((c for c in settings.caseloads if c.staff_id == staff_id), None)

@@ -7,6 +7,7 @@ nightly re-import can skip unchanged data and find rows that vanished from a bul
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import date, datetime
 from typing import Any
 
@@ -431,6 +432,34 @@ class OutboxItem(Base):
     sending_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     delivered_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     __table_args__ = (Index("ix_outbox_due", "status", "next_attempt_at"),)
+
+
+@dataclass(slots=True)
+class ClaimedItem:
+    """An outbox row as a worker holds it while delivering: the same columns as `OutboxItem`,
+    as a plain object (building ORM instances was a tenth of a dispatcher's time)."""
+
+    id: int
+    idempotency_key: str
+    kind: str
+    target: str
+    case_id: int | None
+    student_id: str | None
+    contact_id: str | None
+    payload: dict[str, Any]
+    status: str
+    reason: str | None
+    attempts: int
+    next_attempt_at: datetime
+    claimed_until: datetime | None
+    claimed_by: str | None
+    claim_token: str | None
+    last_error: str | None
+    external_id: str | None
+    result: dict[str, Any] | None
+    created_at: datetime
+    sending_at: datetime | None
+    delivered_at: datetime | None
 
 
 class DeliveryLink(Base):

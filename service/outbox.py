@@ -45,7 +45,7 @@ from service.config import OutboxConfig
 from service.delivery import Delivered, Deliverer, Send, Skip, Wait
 from service.errors import AddressRejected, OutcomeUnknown, PermanentError, TransientError
 from service.logging import carry_context
-from service.models import OutboxItem
+from service.models import ClaimedItem, OutboxItem
 
 log = structlog.get_logger(__name__)
 
@@ -113,7 +113,7 @@ def _due(now: datetime) -> Any:
 
 def claim(
     engine: Engine, limit: int, lease_seconds: float, now: datetime | None = None
-) -> tuple[str, list[OutboxItem]]:
+) -> tuple[str, list[ClaimedItem]]:
     """Take up to `limit` due items under a new fencing token."""
     token = str(uuid.uuid4())
     now = now or utcnow()
@@ -142,7 +142,7 @@ def claim(
             .where(OutboxItem.claim_token == token)
             .order_by(OutboxItem.id)
         ).mappings()
-        return token, [OutboxItem(**dict(r)) for r in rows]
+        return token, [ClaimedItem(**r) for r in rows]
 
 
 class LeaseKeeper:
@@ -195,7 +195,7 @@ OUTBOX = table("outbox")
 
 
 def _mark(
-    conn: Connection, item: OutboxItem, token: str, values: dict[str, Any], keep: bool = False
+    conn: Connection, item: ClaimedItem, token: str, values: dict[str, Any], keep: bool = False
 ) -> bool:
     """Update the item if this worker still holds it; False means the claim was lost."""
     changes = values if keep else {**values, **RELEASE}
@@ -207,7 +207,7 @@ def _mark(
     return done.rowcount == 1
 
 
-def _mark_alone(engine: Engine, item: OutboxItem, token: str, values: dict[str, Any]) -> bool:
+def _mark_alone(engine: Engine, item: ClaimedItem, token: str, values: dict[str, Any]) -> bool:
     with engine.begin() as conn:
         return _mark(conn, item, token, values)
 
@@ -215,7 +215,7 @@ def _mark_alone(engine: Engine, item: OutboxItem, token: str, values: dict[str, 
 def _mark_many(
     conn: Connection,
     token: str,
-    marks: list[tuple[OutboxItem, dict[str, Any]]],
+    marks: list[tuple[ClaimedItem, dict[str, Any]]],
     keep: bool = False,
 ) -> bool:
     """The fenced `_mark` for many items: one executemany per set of changed columns. True when
@@ -244,7 +244,7 @@ def _mark_many(
 class _Confirmed:
     """A delivery the target confirmed, waiting for its delivered mark."""
 
-    item: OutboxItem
+    item: ClaimedItem
     target: str
     record: dict[str, Any]
     result: DeliveryResult
@@ -277,25 +277,25 @@ class Dispatcher:
                 self.deliver(items, token)
             self.between_sends()
 
-    def one(self, item: OutboxItem, token: str) -> None:
+    def one(self, item: ClaimedItem, token: str) -> None:
         self.deliver([item], token)
 
-    def deliver(self, items: list[OutboxItem], token: str) -> None:
+    def deliver(self, items: list[ClaimedItem], token: str) -> None:
         """Deliver a claimed batch. What a crash left in `sending` is reconciled first, one by
         one; the rest is planned, sent and marked round by round (`Deliverer.rounds`), each
         round with a few statements whatever its size."""
-        fresh: list[OutboxItem] = []
+        fresh: list[ClaimedItem] = []
         for item in items:
             if item.status != "sending" or self._reconcile_first(item, token):
                 fresh.append(item)
         for round_ in self.deliverer.rounds(fresh):
             self._deliver_round(round_, token)
 
-    def _deliver_round(self, items: list[OutboxItem], token: str) -> None:
-        settles: list[tuple[OutboxItem, dict[str, Any]]] = []
+    def _deliver_round(self, items: list[ClaimedItem], token: str) -> None:
+        settles: list[tuple[ClaimedItem, dict[str, Any]]] = []
         # Keyed by the target's own `deliver_many`: a destination and a channel may share a name.
-        batches: dict[object, list[tuple[OutboxItem, Send]]] = {}
-        singles: list[tuple[OutboxItem, Send]] = []
+        batches: dict[object, list[tuple[ClaimedItem, Send]]] = {}
+        singles: list[tuple[ClaimedItem, Send]] = []
         for item, plan in zip(items, self.deliverer.plan_many(items), strict=True):
             if isinstance(plan, Exception):
                 self._error(item, token, plan)
@@ -336,7 +336,7 @@ class Dispatcher:
                 self._mark_delivered([confirmed], token)
         self._mark_delivered(acknowledged, token)
 
-    def _send_one(self, item: OutboxItem, token: str, plan: Send) -> _Confirmed | None:
+    def _send_one(self, item: ClaimedItem, token: str, plan: Send) -> _Confirmed | None:
         sending = False
         try:
             if plan.needs_sending_mark:
@@ -349,7 +349,7 @@ class Dispatcher:
             return None
         return _Confirmed(item, plan.target, plan.record, result, sending)
 
-    def _send_batch(self, group: list[tuple[OutboxItem, Send]], token: str) -> None:
+    def _send_batch(self, group: list[tuple[ClaimedItem, Send]], token: str) -> None:
         """One target's deliveries in one `deliver_many` call: `sending` committed first for
         those that need it (one transaction), then the call, then the marks (one transaction)."""
         held = self._mark_sending_many([(i, p) for i, p in group if p.needs_sending_mark], token)
@@ -379,7 +379,7 @@ class Dispatcher:
 
     def _error(
         self,
-        item: OutboxItem,
+        item: ClaimedItem,
         token: str,
         exc: Exception,
         sending: bool = False,
@@ -416,7 +416,7 @@ class Dispatcher:
             else:
                 self._failed(item, token, message, None)
 
-    def _reconcile_first(self, item: OutboxItem, token: str) -> bool:
+    def _reconcile_first(self, item: ClaimedItem, token: str) -> bool:
         """True when the item should be planned and sent (the target says it never went out)."""
         try:
             return self._reconcile(item, token)
@@ -424,7 +424,7 @@ class Dispatcher:
             self._error(item, token, exc, sending=True, reconciling=True)
             return False
 
-    def _mark_sending(self, item: OutboxItem, token: str, plan: Send) -> bool:
+    def _mark_sending(self, item: ClaimedItem, token: str, plan: Send) -> bool:
         """Commit `sending` before a call that cannot be repeated safely."""
         with self.engine.begin() as conn:
             ok = _mark(conn, item, token, self._sending_values(plan), keep=True)
@@ -435,7 +435,7 @@ class Dispatcher:
             self._lost(item)
         return ok
 
-    def _mark_sending_many(self, group: list[tuple[OutboxItem, Send]], token: str) -> set[int]:
+    def _mark_sending_many(self, group: list[tuple[ClaimedItem, Send]], token: str) -> set[int]:
         """`_mark_sending` for a batch in one transaction; the ids still held."""
         if not group:
             return set()
@@ -455,7 +455,7 @@ class Dispatcher:
         return {"status": "sending", "sending_at": self.clock(), "target": plan.target,
                 "result": plan.record}  # fmt: skip
 
-    def _reconcile(self, item: OutboxItem, token: str) -> bool:
+    def _reconcile(self, item: ClaimedItem, token: str) -> bool:
         """An item left in `sending`: find out before anything is sent again.
 
         True when the caller should go on and send it (the target says it never went out).
@@ -483,7 +483,7 @@ class Dispatcher:
         item.status = "pending"
         return True
 
-    def _park(self, item: OutboxItem, token: str, reason: str) -> None:
+    def _park(self, item: ClaimedItem, token: str, reason: str) -> None:
         """Whether it went out cannot be known: a person settles it (`outbox resolve`)."""
         self._settle(item, token, {"status": "needs_review", "reason": reason[:255]})
         self.report.needs_review += 1
@@ -551,11 +551,11 @@ class Dispatcher:
         self.report.delivered += 1
         self.report.by_target[confirmed.target] += 1
 
-    def _settle(self, item: OutboxItem, token: str, values: dict[str, Any]) -> None:
+    def _settle(self, item: ClaimedItem, token: str, values: dict[str, Any]) -> None:
         if not _mark_alone(self.engine, item, token, values):
             self._lost(item)
 
-    def _settle_many(self, token: str, settles: list[tuple[OutboxItem, dict[str, Any]]]) -> None:
+    def _settle_many(self, token: str, settles: list[tuple[ClaimedItem, dict[str, Any]]]) -> None:
         """Skips and waits of a round in one transaction (one by one when a claim was lost)."""
         if not settles:
             return
@@ -569,7 +569,7 @@ class Dispatcher:
 
     def _failed(
         self,
-        item: OutboxItem,
+        item: ClaimedItem,
         token: str,
         error: str,
         retry_after: float | None,
@@ -610,7 +610,7 @@ class Dispatcher:
                 attempts=attempts,
             )
 
-    def _uncertain(self, item: OutboxItem, token: str, error: str) -> None:
+    def _uncertain(self, item: ClaimedItem, token: str, error: str) -> None:
         """The call may have gone out: keep `sending`, so the next claim reconciles first."""
         attempts = item.attempts + 1
         if attempts >= self.cfg.max_attempts:
@@ -632,7 +632,7 @@ class Dispatcher:
         if not _mark_alone(self.engine, item, token, values):
             self._lost(item)
 
-    def _rejected(self, item: OutboxItem, token: str, exc: AddressRejected) -> None:
+    def _rejected(self, item: ClaimedItem, token: str, exc: AddressRejected) -> None:
         """The provider refused the address for good (no message was created).
 
         Recorded on the contact in the same transaction as the mark, and the notice goes back to
@@ -668,7 +668,7 @@ class Dispatcher:
             replan=replan,
         )
 
-    def _lost(self, item: OutboxItem) -> None:
+    def _lost(self, item: ClaimedItem) -> None:
         self.report.lost_claims += 1
         log.warning("outbox.claim_lost", item=item.id, case_id=item.case_id, target=item.target)
 

@@ -11,7 +11,7 @@ from connectors.base import DeliveryResult
 from service.clock import utcnow
 from service.config import Settings
 from service.delivery import Deliverer
-from service.models import OutboxItem
+from service.models import ClaimedItem, OutboxItem
 
 # Items a person may settle: not yet final, and not held by a live worker right now.
 RESOLVABLE = ("needs_review", "sending", "pending", "dead")
@@ -65,7 +65,7 @@ def resolve_item(engine: Engine, settings: Settings, item_id: int, outcome: str,
         row = conn.execute(select(OutboxItem.__table__).where(OutboxItem.id == item_id)).first()
         if row is None:
             raise LookupError(f"no outbox item {item_id}")
-        item = OutboxItem(**row._asdict())
+        item = ClaimedItem(**row._asdict())
         if item.status not in RESOLVABLE:
             raise LookupError(f"item {item_id} is {item.status}: nothing to resolve")
         if (

@@ -38,6 +38,7 @@ from service.config import Settings
 from service.intents import REFERRER_STATUS, referrer_status
 from service.models import (
     Case,
+    ClaimedItem,
     Disclosure,
     OutboxItem,
     PersonReferral,
@@ -556,7 +557,7 @@ def status_message(settings: Settings, public_id: str, state: str, day: date) ->
     return subject.format(**values), body.format(**values)
 
 
-def plan_status(deliverer: Deliverer, item: OutboxItem) -> Plan:
+def plan_status(deliverer: Deliverer, item: ClaimedItem) -> Plan:
     """The status email, read when sent: superseded when the referral has moved on."""
     from connectors.base import FamilyMessage
     from service.delivery import Send, Skip
@@ -592,7 +593,7 @@ def plan_status(deliverer: Deliverer, item: OutboxItem) -> Plan:
     )
 
 
-def status_delivered(conn: Connection, item: OutboxItem, now: datetime) -> None:
+def status_delivered(conn: Connection, item: ClaimedItem, now: datetime) -> None:
     """A status email about a matched referral tells an outsider that the school acted on a
     student: recorded like any disclosure (34 CFR 99.32)."""
     if (
