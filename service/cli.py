@@ -889,6 +889,83 @@ def resources_import(ctx: click.Context, source: str | None) -> None:
         console.print(f"[yellow]quarantined[/] {escape(str(record_id))}: {escape(reason)}")
 
 
+@main.group("retention")
+def retention_group() -> None:
+    """Purge personal detail past its retention period (`retention:` in the configuration)."""
+
+
+@retention_group.command("run")
+@click.option("--dry-run", is_flag=True, help="Count what would be purged; change nothing.")
+@click.pass_context
+def retention_run(ctx: click.Context, dry_run: bool) -> None:
+    """Blank old quarantine payloads and message bodies, delete cases closed long ago. The
+    record of disclosures and consent evidence are kept. The scheduler runs it daily."""
+    from service.retention import CATEGORIES, run_retention
+
+    settings = _settings(ctx.find_root())
+    report = run_retention(_engine(settings), settings, dry_run=dry_run)
+    verb = "would purge" if dry_run else "purged"
+    table = Table(title=f"Retention ({'dry run' if dry_run else 'done'})")
+    for col in ("category", "older than", "what", verb):
+        table.add_column(col, justify="right" if col == verb else "left")
+    for category in CATEGORIES:
+        before = report.cutoffs.get(category)
+        if before is None:
+            table.add_row(category, "kept forever", "", "")
+            continue
+        for n, ((cat, what), rows) in enumerate(
+            (k, v) for k, v in report.counts.items() if k[0] == category
+        ):
+            table.add_row(cat if n == 0 else "", f"{before:%Y-%m-%d}" if n == 0 else "", what,
+                          str(rows))  # fmt: skip
+    for what, rows in report.kept.items():
+        table.add_row("kept", "never purged", what, str(rows))
+    console.print(table)
+    if report.cases_waiting:
+        console.print(
+            f"{report.cases_waiting} closed case(s) wait for an outbox item a person must "
+            "settle (`casebridge outbox list --status needs_review`)."
+        )
+    if dry_run:
+        console.print("[yellow]Dry run: nothing was purged.[/]")
+
+
+@main.command("export-disclosures")
+@click.option("--student", "student", required=True, help="The student's id or student number.")
+@click.option("--format", "fmt", type=click.Choice(["csv", "json"]), default="csv",
+              show_default=True)  # fmt: skip
+@click.option("--out", "out", type=click.Path(dir_okay=False, path_type=Path),
+              help="Write here instead of standard output.")  # fmt: skip
+@click.pass_context
+def export_disclosures_cmd(ctx: click.Context, student: str, fmt: str, out: Path | None) -> None:
+    """Every disclosure of a student's records (34 CFR 99.32), for a parent's request: when,
+    to whom, what categories, for what and on which basis, and the case."""
+    from service.clock import utcnow
+    from service.disclosure_export import export_disclosures, write_csv, write_json
+
+    settings = _settings(ctx.find_root())
+    errors = Console(stderr=True, highlight=False)
+    try:
+        export = export_disclosures(_engine(settings), student, settings.district.timezone)
+    except LookupError as exc:
+        errors.print(f"[red]{escape(str(exc.args[0]))}[/]", soft_wrap=True)
+        sys.exit(2)
+    if out:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    fh = out.open("w", encoding="utf-8", newline="") if out else sys.stdout
+    try:
+        if fmt == "csv":
+            write_csv(export, fh)
+        else:
+            write_json(export, fh, utcnow())
+    finally:
+        if out:
+            fh.close()
+    where = str(out) if out else "standard output"
+    errors.print(f"{len(export.rows)} disclosures of student {export.student_id} written to "
+                 f"{escape(where)}", soft_wrap=True)  # fmt: skip
+
+
 from service.cli_tokens import token_group  # noqa: E402  (registered after `main` exists)
 
 main.add_command(token_group)

@@ -258,9 +258,41 @@ def cron_trigger(expression: str, timezone: str) -> Any:
     raise ValueError(f"{expression!r}: a cron line has 5 fields (or 6 with seconds first)")
 
 
+class RetentionConfig(Strict):
+    """How long personal detail is kept, in days; null keeps a category forever.
+
+    `casebridge retention run [--dry-run]` purges, and the scheduler runs it at
+    `schedules.retention_cron`. The record of disclosures (34 CFR 99.32: kept as long as the
+    education record) and consent evidence (TCPA: at least four years) are never purged."""
+
+    # A record held back from import keeps its row, reason and counts; the record as it
+    # arrived (names, birth dates) is blanked this long after it was last seen.
+    quarantine_payload_days: int | None = Field(90, ge=1)
+    # Texts and follow-up answers families sent, rendered text a channel kept with an outbox
+    # item, and the addresses a provider's error quotes.
+    message_body_days: int | None = Field(90, ge=1)
+    # A closed case goes this long after it closed, with its referrals (indicator snapshots),
+    # events, family answers, outbox items and tool links. Not below `cases.cooldown_days`.
+    closed_case_days: int | None = Field(365, ge=1)
+
+
 class ScheduleConfig(Strict):
-    # Nightly sync then evaluate (cron, district time zone).
+    # Nightly sync then evaluate (cron, district time zone). Evaluation always follows the
+    # sync, so cases never come from half-synced data.
     sync_cron: str = "0 2 * * *"
+    # Evaluations of their own besides the nightly one (e.g. "0 12 * * 1-5" after a midday
+    # attendance export); null: only after the sync.
+    evaluate_cron: str | None = None
+    # The case plan between evaluations: check-ins that came due and close suggestions
+    # (every evaluation does them too), e.g. "0 7 * * 1-5" when the sync runs weekly; null:
+    # with the evaluations only. Family follow-ups need no schedule: the dispatcher sends each
+    # when it is due (`policy.follow_up_days` after the text).
+    follow_up_cron: str | None = None
+    # Re-import the HSDS directory at `resource_directory.url`; null: with the nightly sync,
+    # before evaluation.
+    resources_cron: str | None = None
+    # Purge what is past its retention period (`retention:`); null: only by hand.
+    retention_cron: str | None = "30 3 * * *"
     # The daily digest to each case manager (cron, district time zone), for `email`
     # destinations with `digest: true`.
     digest_cron: str = "0 7 * * *"
@@ -272,9 +304,14 @@ class ScheduleConfig(Strict):
     standby_poll_seconds: float = Field(5.0, gt=0)
     heartbeat_seconds: float = Field(5.0, gt=0)
 
-    @field_validator("sync_cron", "digest_cron")
+    @field_validator(
+        "sync_cron", "digest_cron", "evaluate_cron", "follow_up_cron", "resources_cron",
+        "retention_cron",
+    )  # fmt: skip
     @classmethod
-    def _parses(cls, value: str) -> str:
+    def _parses(cls, value: str | None) -> str | None:
+        if value is None:
+            return value
         try:
             cron_trigger(value, "UTC")
         except ValueError as exc:
@@ -378,6 +415,7 @@ class Settings(Strict):
     schedules: ScheduleConfig = ScheduleConfig()
     api: ApiConfig = ApiConfig()
     referrals: ReferralConfig = ReferralConfig()
+    retention: RetentionConfig = RetentionConfig()
 
     # Where the file was read from; relative paths in it are taken from there.
     base_dir: Path = Path(".")
@@ -444,6 +482,7 @@ def _cross_problems(raw: dict[str, Any], file: str) -> list[ConfigProblem]:
         problems.append(
             ConfigProblem(file, "referrals.email_channel", f"no channel named {wanted_channel!r}")
         )
+    problems += _retention_problems(raw, file)
     for index, rule in enumerate(items("rules")):
         if rule.get("mix_general_support") and not general:
             problems.append(
@@ -464,6 +503,24 @@ def _cross_problems(raw: dict[str, Any], file: str) -> list[ConfigProblem]:
                 )
             )
     return problems
+
+
+def _retention_problems(raw: dict[str, Any], file: str) -> list[ConfigProblem]:
+    """A case purged inside its cooldown could not be reopened: a relapse would open a new
+    case without its history."""
+    retention, cases = raw.get("retention"), raw.get("cases")
+    days = retention.get("closed_case_days", 365) if isinstance(retention, dict) else 365
+    cooldown = cases.get("cooldown_days", 30) if isinstance(cases, dict) else 30
+    if isinstance(days, int) and isinstance(cooldown, int) and days < cooldown:
+        return [
+            ConfigProblem(
+                file,
+                "retention.closed_case_days",
+                f"{days} is shorter than cases.cooldown_days ({cooldown}): a case must outlive "
+                "its cooldown",
+            )
+        ]
+    return []
 
 
 def _expand_env(node: Any, path: str, problems: list[ConfigProblem], file: str) -> Any:

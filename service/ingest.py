@@ -150,6 +150,9 @@ def quarantine(
             "times_seen": qt.c.times_seen + 1,
             "location": raw.location[:255],
             "resolved_at": None,  # seen bad again: open
+            # Retention may have blanked it: the record as it arrives now (same fingerprint).
+            "payload": payload,
+            "payload_purged_at": None,
         },
     )
     conn.execute(stmt)
@@ -465,6 +468,7 @@ class Importer:
             select(qt.c.id, qt.c.location, qt.c.payload, qt.c.record_key).where(
                 qt.c.source == source, qt.c.entity == stream.name, qt.c.resolved_at.is_(None),
                 qt.c.location != stream.location,  # stream problems, not records
+                qt.c.payload_purged_at.is_(None),  # retention blanked it: nothing to map
             )
         ).all()  # fmt: skip
         if not open_rows:

@@ -306,6 +306,8 @@ class QuarantinedRecord(Base):
     times_seen: Mapped[int] = mapped_column(Integer, default=1)
     # Set when the record later imported (a code map was fixed, it was deleted at the source).
     resolved_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    # Retention blanked the payload (the row, reason and counts stay).
+    payload_purged_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     __table_args__ = (
         Index("uq_quarantine_source_fingerprint", "source", "fingerprint", unique=True),
     )
@@ -485,8 +487,12 @@ class Disclosure(Base):
     recipient_kind: Mapped[str] = mapped_column(String(32))  # staff_tool | family
     data_categories: Mapped[list[Any]] = mapped_column(Json)
     basis: Mapped[str] = mapped_column(String(255))
-    outbox_id: Mapped[int | None] = mapped_column(ForeignKey("outbox.id"))
+    # No foreign key: the record of disclosures outlives the outbox rows and cases retention
+    # purges (34 CFR 99.32), so it keeps the case and what the disclosure was for itself.
+    outbox_id: Mapped[int | None] = mapped_column(SerialId)
     disclosed_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    case_id: Mapped[int | None] = mapped_column(SerialId, index=True)
+    purpose: Mapped[str | None] = mapped_column(String(32))  # the outbox kind: task_upsert...
 
 
 class JobRun(Base):
@@ -626,6 +632,7 @@ class ResourceQuarantine(Base):
     reason: Mapped[str] = mapped_column(Text)
     payload: Mapped[dict[str, Any]] = mapped_column(Json)
     at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    payload_purged_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
 
 class CaseReply(Base):
