@@ -72,6 +72,12 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
     app.register_blueprint(families)
     app.register_blueprint(tool_webhooks.bp)  # staff tools report task status back
 
+    # The token-guarded API beyond referrals (issue 10): one blueprint per area.
+    from service.api import cases, outbox, resources
+
+    for area in (cases, resources, outbox):
+        app.register_api(area.bp)
+
     @app.get("/openapi.json", doc_ui=False)
     def openapi_json() -> Any:
         return jsonify(app.api_doc)
