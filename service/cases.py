@@ -14,7 +14,7 @@ from collections import Counter
 from collections.abc import Collection
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
-from typing import Any
+from typing import Any, Literal
 
 import structlog
 from sqlalchemy import Connection, Engine, bindparam, func, insert, select, text, update
@@ -31,7 +31,7 @@ from service.indicators import (
     unknown_attendance,
 )
 from service.intents import family_notices, task_upserts
-from service.models import Case, Referral, School
+from service.models import Case, CaseEvent, Referral, School
 from service.outbox import enqueue
 from service.outreach import guardian_contacts
 from service.rules import CompiledRule, compile_rules, unknown_counts
@@ -276,14 +276,17 @@ class CaseBook:
     def _respect_closes_in_tools(
         self, fired: dict[str, list[Fired]], recent: dict[str, int]
     ) -> None:
-        """A case a person closed in a staff tool stays closed through the cooldown unless a
-        reason new to it fires; the same reasons neither reopen it nor open another case."""
+        """A case a person closed (in a staff tool or through the API) stays closed through the
+        cooldown unless a reason new to it fires; the same reasons neither reopen it nor open
+        another case."""
         if not recent:
             return
         ids = list(recent.values())
+        # Evaluation closes with "recovered" only; any other reason is a person's (a staff tool,
+        # the API), and a person's close holds through the cooldown.
         by_person = set(
             self.conn.execute(
-                select(Case.id).where(Case.id.in_(ids), Case.close_reason == "closed_in_tool")
+                select(Case.id).where(Case.id.in_(ids), Case.close_reason != "recovered")
             ).scalars()
         )
         if not by_person:
@@ -610,3 +613,107 @@ class PersonCaseBook(CaseBook):
         case.held_by_person = True
         case.recovered_since = None  # a new concern: the case is not recovering any more
         return int(referral_id)
+
+
+# -- changes a person makes to one case (the API) -----------------------------------------------
+#
+# Evaluation changes cases in bulk; a person changes one at a time. Both follow the same rules:
+# the revision goes up, each destination's task is queued at the new revision in the same
+# transaction, and a case event says what changed, who did it (`actor`) and where (`via`).
+
+# Why a person may close a case; "recovered" is evaluation's own and "closed_in_tool" a tool's.
+PersonCloseReason = Literal[
+    "resolved", "family_declined", "moved", "referred_elsewhere", "duplicate", "other"
+]
+NOTE = "note"
+
+
+class CaseNotFound(LookupError):
+    pass
+
+
+class CaseConflict(Exception):
+    """The change cannot be made as asked (e.g. reopening while the student has another case)."""
+
+
+@dataclass(frozen=True)
+class CaseChange:
+    status: str | None = None  # "open" reopens, "closed" closes
+    close_reason: str | None = None
+    change_assignee: bool = False  # set with `assignee_id` (None unassigns)
+    assignee_id: str | None = None
+    note: str | None = None  # kept on the event that records the change
+
+
+class CaseEditor:
+    """One person's changes to single cases, in the caller's transaction."""
+
+    def __init__(self, conn: Connection, settings: Settings, actor: str, via: str) -> None:
+        self.conn = conn
+        self.settings = settings
+        self.actor = actor
+        self.via = via
+
+    def change(self, case_id: int, change: CaseChange) -> list[str]:
+        """Apply `change`; returns the kinds of the events written (empty: nothing changed)."""
+        case = self.conn.execute(
+            select(Case.id, Case.student_id, Case.status, Case.assignee_id, Case.revision)
+            .where(Case.id == case_id)
+            .with_for_update()
+        ).first()
+        if case is None:
+            raise CaseNotFound(case_id)
+        now = utcnow()
+        values: dict[str, Any] = {}
+        events: list[tuple[str, dict[str, Any]]] = []
+        if change.status == "closed" and case.status != "closed":
+            reason = change.close_reason or "other"
+            values.update(status="closed", closed_at=now, close_reason=reason)
+            events.append(("closed", {"reason": reason}))
+        elif change.status == "open" and case.status != "open":
+            other = self.conn.execute(
+                select(Case.id).where(Case.student_id == case.student_id, Case.status == "open")
+            ).first()
+            if other is not None:  # the database allows one open case per student
+                # Not its id: that case may be at a school the caller may not see.
+                raise CaseConflict("the student has another open case")
+            values.update(status="open", closed_at=None, close_reason=None,
+                          recovered_since=None, reopen_count=Case.reopen_count + 1)  # fmt: skip
+            events.append(("reopened", {}))
+        if change.change_assignee and change.assignee_id != case.assignee_id:
+            values["assignee_id"] = change.assignee_id
+            events.append(("reassigned", {"from": case.assignee_id, "to": change.assignee_id}))
+        if not events:
+            return []
+        revision = case.revision + 1
+        self.conn.execute(
+            update(Case).where(Case.id == case.id).values(revision=revision, updated_at=now,
+                                                          **values)
+        )  # fmt: skip
+        if change.note:
+            events[0][1]["note"] = change.note
+        self.conn.execute(
+            insert(CaseEvent),
+            [{"case_id": case.id, "kind": kind, "at": now, "detail": detail,
+              "actor": self.actor, "via": self.via} for kind, detail in events],
+        )  # fmt: skip
+        destinations = [d.name for d in self.settings.destinations]
+        enqueue(self.conn, task_upserts(destinations, case.id, case.student_id, revision))
+        log.info("case.changed", case=case.id, changes=[k for k, _ in events], via=self.via)
+        return [kind for kind, _ in events]
+
+    def note(self, case_id: int, text_: str) -> int:
+        """A note on the case's timeline. It does not change the case: no new revision, and the
+        staff task does not carry notes (free text stays here instead of being disclosed to
+        every configured tool; the tools keep their own comments)."""
+        exists = self.conn.execute(select(Case.id).where(Case.id == case_id)).first()
+        if exists is None:
+            raise CaseNotFound(case_id)
+        event_id = self.conn.execute(
+            insert(CaseEvent)
+            .values(case_id=case_id, kind=NOTE, at=utcnow(), detail={"text": text_},
+                    actor=self.actor, via=self.via)
+            .returning(CaseEvent.id)
+        ).scalar_one()  # fmt: skip
+        log.info("case.noted", case=case_id, via=self.via)
+        return int(event_id)

@@ -78,6 +78,12 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
 
     app.register_api(referrals_api)
 
+    # The token-guarded API beyond referrals (issue 10): one blueprint per area.
+    from service.api import cases, outbox, resources
+
+    for area in (cases, resources, outbox):
+        app.register_api(area.bp)
+
     @app.get("/openapi.json", doc_ui=False)
     def openapi_json() -> Any:
         return jsonify(app.api_doc)

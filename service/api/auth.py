@@ -132,8 +132,19 @@ def current_principal() -> Principal:
 def requires(scope: str) -> Callable[[F], F]:
     """401 without a valid token, 403 when the token lacks `scope`; the principal is then
     `current_principal()`."""
-    if scope not in SCOPES:
-        raise ValueError(f"unknown scope {scope!r}")
+    return requires_any(scope)
+
+
+def requires_any(*scopes: str) -> Callable[[F], F]:
+    """Like `requires`, for a route any of several scopes may call (resource search)."""
+    unknown = [s for s in scopes if s not in SCOPES]
+    if not scopes or unknown:
+        raise ValueError(f"unknown scope {unknown or 'none'}")
+    lacking = (
+        f"This token lacks the {scopes[0]} scope."
+        if len(scopes) == 1
+        else f"This token lacks every one of the scopes {', '.join(scopes)}."
+    )
 
     def decorate(view: F) -> F:
         @functools.wraps(view)
@@ -147,8 +158,8 @@ def requires(scope: str) -> Callable[[F], F]:
                 return problem_response(
                     401, "Unauthorized", "Send a valid API token as 'Authorization: Bearer …'."
                 )
-            if not principal.has(scope):
-                return problem_response(403, "Forbidden", f"This token lacks the {scope} scope.")
+            if not any(principal.has(scope) for scope in scopes):
+                return problem_response(403, "Forbidden", lacking)
             g.principal = principal
             return view(*args, **kwargs)
 

@@ -38,10 +38,12 @@ def problem_response(status: int, title: str, detail: str | None = None, **extra
     return response
 
 
-def documented(*statuses: int) -> dict[int, Any]:
+def documented(*statuses: int) -> dict[str | int, Any]:
     """OpenAPI `responses` entries for problem statuses, declared as problem+json (flask-openapi3
     would otherwise call them application/json)."""
     ref = {"$ref": "#/components/schemas/Problem"}
+    # Keyed `str | int` like flask-openapi3's `responses`, so `{200: Model, **documented(...)}`
+    # type-checks.
     return {s: {"content": {PROBLEM_JSON: {"schema": ref}}} for s in statuses}
 
 
