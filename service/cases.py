@@ -699,7 +699,10 @@ class CaseEditor:
         )  # fmt: skip
         destinations = [d.name for d in self.settings.destinations]
         enqueue(self.conn, task_upserts(destinations, case.id, case.student_id, revision))
-        log.info("case.changed", case=case.id, changes=[k for k, _ in events], via=self.via)
+        from service.referrals import update_referrer_statuses  # referrers hear close, reassign
+
+        update_referrer_statuses(self.conn, self.settings, [case.id])
+        log.info("case.changed", case_id=case.id, changes=[k for k, _ in events], via=self.via)
         return [kind for kind, _ in events]
 
     def note(self, case_id: int, text_: str) -> int:
