@@ -451,8 +451,9 @@ def quarantine_show(ctx: click.Context, record_id: int) -> None:
 @click.option("--once", is_flag=True, help="One pass over the due items, then exit.")
 @click.pass_context
 def worker(ctx: click.Context, interval: float | None, once: bool) -> None:
-    """Deliver the outbox continuously. Run as many as you like on PostgreSQL: they share the
-    work through fenced claims and never deliver an item twice."""
+    """Deliver the outbox continuously, and run jobs requested through the API. Run as many as
+    you like on PostgreSQL: they share the work through fenced claims and never deliver an item
+    (or run a requested job) twice."""
     import signal
     import threading
 
@@ -461,7 +462,13 @@ def worker(ctx: click.Context, interval: float | None, once: bool) -> None:
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     pause = interval if interval is not None else settings.schedules.dispatch_interval_seconds
+    from service.job_requests import run_requested_jobs
+
     while True:
+        # Jobs asked for through the API (POST /jobs/...) first: each runs on one worker only.
+        ran = run_requested_jobs(engine, settings)
+        if ran:
+            console.print(f"ran {ran} requested job(s)")
         report = run_dispatch(engine, settings)
         if report.delivered or report.dead or report.needs_review:
             console.print(

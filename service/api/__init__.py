@@ -73,9 +73,9 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
     app.register_blueprint(tool_webhooks.bp)  # staff tools report task status back
 
     # The token-guarded API beyond referrals (issue 10): one blueprint per area.
-    from service.api import cases, outbox, resources
+    from service.api import cases, jobs, outbox, resources, sync
 
-    for area in (cases, resources, outbox):
+    for area in (cases, resources, outbox, sync, jobs):
         app.register_api(area.bp)
 
     @app.get("/openapi.json", doc_ui=False)
