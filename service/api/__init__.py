@@ -77,6 +77,10 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
 
     for area in (cases, resources, outbox, sync, jobs):
         app.register_api(area.bp)
+    if settings.api.metrics_path:
+        from service.api import metrics
+
+        metrics.install(app, engine, settings.api.metrics_path)
 
     @app.get("/openapi.json", doc_ui=False)
     def openapi_json() -> Any:
