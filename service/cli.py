@@ -468,9 +468,10 @@ def quarantine_show(ctx: click.Context, record_id: int) -> None:
 @click.option("--once", is_flag=True, help="One pass over the due items, then exit.")
 @click.pass_context
 def worker(ctx: click.Context, interval: float | None, once: bool) -> None:
-    """Deliver the outbox continuously. Run as many as you like on PostgreSQL: they share the
-    work through fenced claims and never deliver an item twice. SIGTERM or Ctrl-C: the item in
-    hand is finished and the rest of the batch given back."""
+    """Deliver the outbox continuously, and run jobs requested through the API. Run as many as
+    you like on PostgreSQL: they share the work through fenced claims and never deliver an item
+    (or run a requested job) twice. SIGTERM or Ctrl-C: the item in hand is finished and the rest
+    of the batch given back."""
     import threading
 
     from service.roles import WorkerLoop, stop_on_signals

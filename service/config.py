@@ -327,6 +327,9 @@ class ApiConfig(Strict):
     rate_limit_storage: str = "memory://"
     # CORS is off: no browser page on another origin may call the API unless it is listed here.
     cors_origins: list[str] = []
+    # Prometheus metrics, without a token (counts only); null: not served. Keep the path off
+    # the public proxy, or move it.
+    metrics_path: str | None = Field("/metrics", pattern=r"^/[A-Za-z0-9._~/-]*$")
 
     @field_validator("referral_rate_limit")
     @classmethod

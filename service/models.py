@@ -744,3 +744,59 @@ class ReferralStatusToken(Base):
     token_sha256: Mapped[str] = mapped_column(String(64), primary_key=True)
     person_referral_id: Mapped[int] = mapped_column(ForeignKey("person_referrals.id"), index=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+# -- the API's jobs and the destinations' health (issue 10) -------------------------------------
+
+
+class JobRequest(Base):
+    """A job someone asked for through the API (`POST /jobs/sync`): a worker claims it.
+
+    At most one request per job waits and at most one runs (the partial unique indexes), so a
+    job asked for twice while one waits is run once, and two workers never run the same job side
+    by side. A worker that dies while running leaves its lease to expire; another takes it over.
+    """
+
+    __tablename__ = "job_requests"
+    id: Mapped[int] = mapped_column(SerialId, primary_key=True, autoincrement=True)
+    job: Mapped[str] = mapped_column(String(32))  # sync | evaluate | dispatch
+    state: Mapped[str] = mapped_column(String(16))  # requested | running | succeeded | failed
+    requested_by: Mapped[str] = mapped_column(String(128))  # the token's name
+    requested_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    holder: Mapped[str | None] = mapped_column(String(128))  # host:pid of the worker
+    claim_token: Mapped[str | None] = mapped_column(String(36))
+    lease_until: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    outcome: Mapped[str | None] = mapped_column(String(255))
+    result: Mapped[dict[str, Any] | None] = mapped_column(Json)  # counts only, never records
+    __table_args__ = (
+        Index(
+            "uq_job_requests_waiting",
+            "job",
+            unique=True,
+            sqlite_where=text("state = 'requested'"),
+            postgresql_where=text("state = 'requested'"),
+        ),
+        Index(
+            "uq_job_requests_running",
+            "job",
+            unique=True,
+            sqlite_where=text("state = 'running'"),
+            postgresql_where=text("state = 'running'"),
+        ),
+    )
+
+
+class TargetHealth(Base):
+    """A destination's circuit breaker as last seen by any worker: the breaker lives in the
+    worker process, and `/readyz` and `/metrics` run in another, so each change is written here."""
+
+    __tablename__ = "target_health"
+    target: Mapped[str] = mapped_column(String(64), primary_key=True)
+    state: Mapped[str] = mapped_column(String(16))  # open | closed
+    failures: Mapped[int] = mapped_column(Integer, default=0)  # in a row, when it opened
+    open_until: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    changed_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    holder: Mapped[str] = mapped_column(String(128))  # host:pid of the worker that saw it

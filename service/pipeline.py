@@ -69,4 +69,7 @@ def outbox_counts(engine: Engine) -> Counter[str]:
 
 
 def run_dispatch(engine: Engine, settings: Settings) -> DispatchReport:
+    from service import target_health
+
+    target_health.watch(engine)  # breakers opening here are seen by /readyz and /metrics
     return dispatch(engine, Deliverer(engine, settings), settings.outbox)

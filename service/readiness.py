@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import Engine, func, select
@@ -56,4 +57,35 @@ def readiness(engine: Engine, settings: Settings) -> tuple[bool, dict[str, Any]]
         "oldest_due_seconds": round(max(overdue, 0.0), 1),
         "needs_review": review,
     }
+    checks["destinations"] = destination_circuits(engine, now)
     return ready, checks
+
+
+def destination_circuits(engine: Engine, now: datetime) -> dict[str, Any]:
+    """Destinations whose circuit breaker is open, as the workers last recorded it.
+
+    Reported, but not a reason to be unready: readiness decides whether this API process gets
+    traffic, and a paused staff tool is outside it. Taking the API out of rotation would stop
+    referrals, webhooks and status reports from arriving and would not bring the tool back; the
+    outbox keeps the tool's items and sends them when its circuit closes.
+    """
+    from service.target_health import circuits
+
+    try:
+        known = circuits(engine)
+    except SQLAlchemyError as exc:
+        return {"status": f"unknown: {type(exc).__name__}", "open": []}
+    opened = [
+        {
+            "target": c.target,
+            "failures": c.failures,
+            "since": c.changed_at.isoformat(),
+            "paused_until": c.open_until.isoformat() if c.open_until else None,
+            # The pause is over and no delivery has tried it since: the next one is the trial.
+            "trial_due": c.trial_due(now),
+            "seen_by": c.holder,
+        }
+        for c in known
+        if c.state == "open"
+    ]
+    return {"status": "degraded" if opened else "ok", "open": opened}

@@ -70,6 +70,13 @@ class WorkerLoop:
             if self.stop.is_set():
                 raise _StopRequested
 
+        from service.job_requests import run_requested_jobs
+
+        # Jobs asked for through the API (POST /jobs/...) first: each runs on one worker only.
+        with cb_logging.run_context("requested_jobs"):
+            ran = run_requested_jobs(self.engine, self.settings)
+        if ran:
+            log.info("worker.ran_requested_jobs", jobs=ran)
         try:
             with cb_logging.run_context("dispatch"):  # each pass is one run in the logs
                 report = dispatch(

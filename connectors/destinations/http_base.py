@@ -34,6 +34,7 @@ from connectors.destinations import signing
 from connectors.http import RateLimiter, retry_after_seconds
 from service.config import DestinationSettings
 from service.errors import OutcomeUnknown, PermanentError, TransientError
+from service.target_health import circuit_changed
 
 log = structlog.get_logger(__name__)
 
@@ -83,6 +84,7 @@ class CircuitBreaker:
         self.failures = 0
         self.open_until = 0.0
         self.opened = 0  # how often it opened, for tests and logs
+        self.is_open = False  # opened and not yet closed by a successful call
         self._lock = threading.Lock()
 
     def check(self) -> None:
@@ -97,6 +99,10 @@ class CircuitBreaker:
     def success(self) -> None:
         with self._lock:
             self.failures = 0
+            closed, self.is_open = self.is_open, False
+        if closed:
+            log.info("destination.resumed", destination=self.name)
+            circuit_changed(self.name, "closed", 0, 0.0)
 
     def failure(self) -> float:
         """Count a failure; returns the pause in seconds when this one opened the breaker."""
@@ -106,7 +112,11 @@ class CircuitBreaker:
                 return 0.0
             self.open_until = self.clock() + self.pause
             self.opened += 1
+            self.is_open = True
+            failures = self.failures
         log.warning("destination.paused", destination=self.name, seconds=self.pause)
+        # The API (/readyz, /metrics) runs in another process: it reads the state from the DB.
+        circuit_changed(self.name, "open", failures, self.pause)
         return self.pause
 
 

@@ -79,10 +79,14 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
     app.register_api(referrals_api)
 
     # The token-guarded API beyond referrals (issue 10): one blueprint per area.
-    from service.api import cases, outbox, resources
+    from service.api import cases, jobs, outbox, resources, sync
 
-    for area in (cases, resources, outbox):
+    for area in (cases, resources, outbox, sync, jobs):
         app.register_api(area.bp)
+    if settings.api.metrics_path:
+        from service.api import metrics
+
+        metrics.install(app, engine, settings.api.metrics_path)
 
     @app.get("/openapi.json", doc_ui=False)
     def openapi_json() -> Any:
