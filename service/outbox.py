@@ -5,7 +5,9 @@ Delivery is at least once, and nothing a person would see happens twice:
 1. A worker **claims** due items with a lease and a fencing token (`FOR UPDATE SKIP LOCKED` on
    PostgreSQL; one atomic UPDATE on SQLite). Every later mark has the token in its `WHERE`: a
    worker whose lease ran out marks nothing. A background thread renews the lease while the
-   worker delivers; a dead worker's items come back when the lease expires, on any host.
+   worker delivers; a dead worker's items come back when the lease expires, on any host. A
+   family notice whose contact has another notice held by a worker waits for a later claim: one
+   worker at a time delivers a contact's notices.
 2. `Deliverer.plan_many` applies send-time **policy** and **renders** against the data as it is
    now, a claimed batch at a time with one read per table: skip (suppressed, superseded), wait
    (quiet hours, caps) or send. A contact's second notice in the batch is planned in a later
@@ -36,7 +38,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import structlog
-from sqlalchemy import Connection, Engine, and_, bindparam, or_, select, update
+from sqlalchemy import Connection, Engine, and_, bindparam, func, or_, select, update
 
 from connectors.base import DeliveryResult
 from service.bulk import insert_new, table
@@ -44,12 +46,14 @@ from service.clock import utcnow
 from service.config import OutboxConfig
 from service.delivery import Delivered, Deliverer, Send, Skip, Wait
 from service.errors import AddressRejected, OutcomeUnknown, PermanentError, TransientError
+from service.intents import FAMILY_NOTICE
 from service.logging import carry_context
 from service.models import ClaimedItem, OutboxItem
 
 log = structlog.get_logger(__name__)
 
 WORKER = f"{socket.gethostname()}:{os.getpid()}"
+CLAIM_LOCK_ID = 0x4F555442  # "OUTB": the PostgreSQL advisory lock claims take in turn
 FINAL = ("delivered", "dead", "suppressed", "superseded")
 
 
@@ -111,6 +115,29 @@ def _due(now: datetime) -> Any:
     )
 
 
+def _claimable(now: datetime) -> Any:
+    """Due, unless it is a family notice whose contact has another notice held by a worker now.
+
+    A contact's notices are delivered by one worker at a time, so the family cap and the
+    no-repeat rule see each other's deliveries (a guardian of siblings gets one notice per
+    case). Within one claimed batch, `Deliverer.rounds` does the same.
+    """
+    held = select(OutboxItem.contact_id).where(
+        OutboxItem.kind == FAMILY_NOTICE,
+        OutboxItem.status.in_(("pending", "sending")),
+        OutboxItem.claimed_until >= now,
+        OutboxItem.contact_id.is_not(None),
+    )
+    return and_(
+        _due(now),
+        or_(
+            OutboxItem.kind != FAMILY_NOTICE,
+            OutboxItem.contact_id.is_(None),
+            OutboxItem.contact_id.not_in(held),
+        ),
+    )
+
+
 def claim(
     engine: Engine, limit: int, lease_seconds: float, now: datetime | None = None
 ) -> tuple[str, list[ClaimedItem]]:
@@ -123,9 +150,12 @@ def claim(
         "claimed_by": WORKER,
     }
     with engine.begin() as conn:
-        due = select(OutboxItem.id).where(_due(now)).order_by(OutboxItem.id).limit(limit)
+        due = select(OutboxItem.id).where(_claimable(now)).order_by(OutboxItem.id).limit(limit)
         if conn.dialect.name == "postgresql":
-            # Concurrent workers skip each other's rows instead of waiting on them.
+            # Claims take turns (a few milliseconds each), so each sees the leases the others
+            # committed: `_claimable` keeps a contact's notices with one worker.
+            conn.execute(select(func.pg_advisory_xact_lock(CLAIM_LOCK_ID)))
+            # Rows a worker is marking right now are skipped, not waited on.
             ids = list(conn.execute(due.with_for_update(skip_locked=True)).scalars())
             if not ids:
                 return token, []
@@ -134,7 +164,7 @@ def claim(
             # One statement: SQLite's write lock makes it atomic against another process.
             conn.execute(
                 update(OutboxItem)
-                .where(OutboxItem.id.in_(due.scalar_subquery()), _due(now))
+                .where(OutboxItem.id.in_(due.scalar_subquery()), _claimable(now))
                 .values(**values)
             )
         rows = conn.execute(

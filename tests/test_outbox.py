@@ -445,11 +445,9 @@ def test_a_message_due_in_quiet_hours_waits_for_the_window_then_goes(
     ]
 
 
-@pytest.mark.parametrize("rule", ["family_cap", "resource_repeat"])
-def test_a_guardian_of_siblings_claimed_in_one_batch_still_gets_the_cap_and_no_repeats(
-    engine: Engine, make_settings: Callable[..., Settings], tmp_path: Path, rule: str
-) -> None:
-    d = TinyDistrict(tmp_path / "data")
+def guardian_of_siblings(root: Path) -> tuple[TinyDistrict, list[date]]:
+    """Three absent siblings with one guardian, g1, reachable by text: three notices for g1."""
+    d = TinyDistrict(root)
     d.school()
     days = d.school_days("sch-1", 80)
     siblings = ("s1", "s2", "s3")
@@ -459,6 +457,14 @@ def test_a_guardian_of_siblings_claimed_in_one_batch_still_gets_the_cap_and_no_r
             d.absent(f"100{n}", day)
     d.guardian("g1", siblings, sms="(212) 555-0101")
     d.write()
+    return d, days
+
+
+@pytest.mark.parametrize("rule", ["family_cap", "resource_repeat"])
+def test_a_guardian_of_siblings_claimed_in_one_batch_still_gets_the_cap_and_no_repeats(
+    engine: Engine, make_settings: Callable[..., Settings], tmp_path: Path, rule: str
+) -> None:
+    d, days = guardian_of_siblings(tmp_path / "data")
     policy: dict[str, Any] = {"sending_window": None}
     if rule == "family_cap":  # every notice has something new to say; only the cap holds them
         policy |= {"family_cap": {"messages": 2, "days": 7}, "resource_repeat_days": 0}
@@ -479,6 +485,34 @@ def test_a_guardian_of_siblings_claimed_in_one_batch_still_gets_the_cap_and_no_r
     else:  # the siblings' notices name the same resources: the first one told them all
         assert len(texts) == 1
         assert outcome == {("delivered", None): 1, ("suppressed", "already_sent"): 2}
+
+
+def test_a_contacts_notices_are_claimed_by_one_worker_at_a_time(
+    engine: Engine, make_settings: Callable[..., Settings], tmp_path: Path
+) -> None:
+    d, days = guardian_of_siblings(tmp_path / "data")
+    settings = make_settings(d.root)
+    run_sync(engine, settings)
+    run_evaluate(engine, settings, days[40])
+    first, *others = items(engine, "family_notice")
+    assert len(others) == 2
+    with engine.begin() as conn:  # only g1's first notice is due yet
+        conn.execute(
+            update(OutboxItem)
+            .where(OutboxItem.id != first.id)
+            .values(next_attempt_at=datetime(2100, 1, 1, tzinfo=UTC))
+        )
+    token, held = claim(engine, 50, 60)
+    assert [i.id for i in held] == [first.id]
+    with engine.begin() as conn:
+        conn.execute(text("UPDATE outbox SET next_attempt_at = created_at"))
+
+    _, elsewhere = claim(engine, 50, 60)  # another worker, while the first holds g1's notice
+    assert elsewhere and not {i.id for i in others} & {i.id for i in elsewhere}
+
+    Dispatcher(engine, Deliverer(engine, settings), settings.outbox).deliver(held, token)
+    _, later = claim(engine, 50, 60)  # the first notice is marked: g1's others are free
+    assert {i.id for i in others} <= {i.id for i in later}
 
 
 def test_a_template_with_an_unknown_placeholder_fails_check_config(tmp_path: Path) -> None:
