@@ -489,7 +489,10 @@ def worker(ctx: click.Context, interval: float | None, once: bool) -> None:
                 f"needs review {r.needs_review}"
             )
 
-    WorkerLoop(engine, settings, pause, stop, on_pass=report).run(once=once)
+    def jobs(ran: int) -> None:
+        console.print(f"ran {ran} requested job(s)")
+
+    WorkerLoop(engine, settings, pause, stop, on_pass=report, on_jobs=jobs).run(once=once)
 
 
 @main.command()

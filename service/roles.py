@@ -56,12 +56,14 @@ class WorkerLoop:
         interval: float,
         stop: threading.Event,
         on_pass: Callable[[DispatchReport], None] | None = None,
+        on_jobs: Callable[[int], None] | None = None,
     ) -> None:
         self.engine = engine
         self.settings = settings
         self.interval = interval
         self.stop = stop
         self.on_pass = on_pass
+        self.on_jobs = on_jobs
 
     def one_pass(self) -> DispatchReport | None:
         """Every due item, or until a stop is requested (None then: the pass was cut short)."""
@@ -77,6 +79,8 @@ class WorkerLoop:
             ran = run_requested_jobs(self.engine, self.settings)
         if ran:
             log.info("worker.ran_requested_jobs", jobs=ran)
+            if self.on_jobs:
+                self.on_jobs(ran)
         try:
             with cb_logging.run_context("dispatch"):  # each pass is one run in the logs
                 report = dispatch(
