@@ -24,7 +24,16 @@ from apscheduler.schedulers.blocking import BlockingScheduler
 from sqlalchemy import Connection, Engine, insert, text, update
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
-from jobs.tasks import digest_job, dispatch_job, nightly_job, tool_poll_job
+from jobs.tasks import (
+    digest_job,
+    dispatch_job,
+    evaluate_job,
+    follow_ups_job,
+    nightly_job,
+    resources_job,
+    retention_job,
+    tool_poll_job,
+)
 from service.clock import utcnow
 from service.config import Settings, cron_trigger
 from service.digest import digest_destinations
@@ -135,6 +144,19 @@ class Scheduler:
         zone = settings.district.timezone
         self.nightly = cron_trigger(settings.schedules.sync_cron, zone)
         self.digest = cron_trigger(settings.schedules.digest_cron, zone)
+        # The other cron schedules, each fired once per slot like the nightly run.
+        cfg = settings.schedules
+        extra: dict[str, tuple[str | None, Callable[[Engine, Settings], None]]] = {
+            "evaluate": (cfg.evaluate_cron, evaluate_job),
+            "follow-ups": (cfg.follow_up_cron, follow_ups_job),
+            "resources": (cfg.resources_cron, resources_job),
+            "retention": (cfg.retention_cron, retention_job),
+        }
+        self.crons: dict[str, tuple[Any, Callable[[Engine, Settings], None]]] = {
+            name: (cron_trigger(expr, zone), job)
+            for name, (expr, job) in extra.items()
+            if expr is not None
+        }
         self.sched: BlockingScheduler | None = None
 
     def _run_nightly(self) -> None:
@@ -151,6 +173,14 @@ class Scheduler:
         if slot is not None:
             fire_once(self.engine, "digest", slot,
                       lambda: digest_job(self.engine, self.settings, slot))  # fmt: skip
+
+    def _run_cron(self, name: str) -> None:
+        if not self._still_leading():
+            return
+        trigger, job = self.crons[name]
+        slot = latest_slot(trigger, utcnow().astimezone(trigger.timezone))
+        if slot is not None:
+            fire_once(self.engine, name, slot, lambda: job(self.engine, self.settings))
 
     def _run_dispatch(self) -> None:
         if self._still_leading():
@@ -191,10 +221,14 @@ class Scheduler:
         self._run_nightly()  # the slot a dead leader may have missed (recorded: never twice)
         if digest_destinations(self.settings):
             self._run_digest()  # likewise this morning's digests
+        for name in self.crons:
+            self._run_cron(name)  # and the other schedules' latest slots
         zone = self.settings.district.timezone
         self.sched = BlockingScheduler(timezone=zone)
         common: dict[str, Any] = {"max_instances": 1, "coalesce": True, "misfire_grace_time": 300}
         self.sched.add_job(self._run_nightly, self.nightly, id="nightly", **common)
+        for name, (trigger, _) in self.crons.items():
+            self.sched.add_job(self._run_cron, trigger, args=[name], id=name, **common)
         if digest_destinations(self.settings):
             self.sched.add_job(self._run_digest, self.digest, id="digest", **common)
         if self.dispatch:

@@ -41,10 +41,27 @@ def resources_job(engine: Engine, settings: Settings) -> None:
 
 
 def nightly_job(engine: Engine, settings: Settings) -> None:
-    """Sync then evaluate: evaluating on half-synced data would open spurious cases."""
+    """Sync then evaluate: evaluating on half-synced data would open spurious cases. The
+    resource directory is refreshed here too unless it has its own `resources_cron`."""
     sync_job(engine, settings)
-    resources_job(engine, settings)
+    if settings.schedules.resources_cron is None:
+        resources_job(engine, settings)
     evaluate_job(engine, settings)
+
+
+def follow_ups_job(engine: Engine, settings: Settings) -> None:
+    """The case plan between evaluations: check-ins that came due, close suggestions."""
+    from service.cases import follow_up_cases
+
+    report = follow_up_cases(engine, settings)
+    log.info("job.follow_ups", updated=report.cases_updated, tasks=report.tasks_enqueued)
+
+
+def retention_job(engine: Engine, settings: Settings) -> None:
+    """Purge what is past its retention period (`retention:`)."""
+    from service.retention import run_retention
+
+    run_retention(engine, settings)  # logs `retention.finished` with its counts
 
 
 def dispatch_job(engine: Engine, settings: Settings) -> None:

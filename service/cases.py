@@ -212,12 +212,12 @@ class CaseBook:
         self,
         conn: Connection,
         settings: Settings,
-        window: IndicatorWindow,
+        as_of: date,
         report: EvaluationReport,
     ) -> None:
         self.conn = conn
         self.settings = settings
-        self.as_of = window.as_of
+        self.as_of = as_of
         self.report = report
         self.now = utcnow()
         self.open = _load_open_cases(conn)
@@ -482,7 +482,7 @@ def _apply(
     fired: dict[str, list[Fired]],
     report: EvaluationReport,
 ) -> None:
-    book = CaseBook(conn, settings, window, report)
+    book = CaseBook(conn, settings, window.as_of, report)
     book.reopen_recent(fired)
     book.open_new(fired, student_facts(conn, list(fired)))
     book.add_reasons(fired)
@@ -495,6 +495,24 @@ def _apply(
 
     touched = [book.open[sid].id for sid in book.changed] + [c.id for c in book.closing]
     update_referrer_statuses(conn, settings, touched)
+
+
+def follow_up_cases(
+    engine: Engine, settings: Settings, as_of: date | None = None
+) -> EvaluationReport:
+    """The case plan between evaluations (`schedules.follow_up_cron`, `casebridge follow-ups`):
+    check-ins that came due and close suggestions, each a new task revision. No indicators are
+    computed and no rule runs, so nothing opens, recovers or closes; each evaluation does the
+    same steps, and a check-in or suggestion already recorded is never repeated."""
+    day = as_of or settings.as_of or district_today(settings.district.timezone)
+    report = EvaluationReport(day)
+    with engine.begin() as conn:
+        book = CaseBook(conn, settings, day, report)
+        book.follow_plan()
+        book.save_revisions()  # and the check-in and suggestion events
+        book.intents()
+    log.info("follow_ups.finished", updated=report.cases_updated, tasks=report.tasks_enqueued)
+    return report
 
 
 # -- person-based referrals (service/referrals.py) ----------------------------------------------

@@ -265,6 +265,22 @@ def dispatch(ctx: click.Context) -> None:
     _dispatch(_settings(ctx))
 
 
+@main.command("follow-ups")
+@click.option("--as-of", type=click.DateTime(["%Y-%m-%d"]), help="Plan as of this date.")
+@click.pass_context
+def follow_ups(ctx: click.Context, as_of: Any) -> None:
+    """Re-send the tasks of cases whose check-in came due or that may close (the scheduler does it
+    at schedules.follow_up_cron; every evaluation does it too)."""
+    from service.cases import follow_up_cases
+
+    settings = _settings(ctx)
+    report = follow_up_cases(_engine(settings), settings, as_of.date() if as_of else None)
+    console.print(
+        f"{report.cases_updated} cases with a check-in due or a close suggestion; "
+        f"{report.tasks_enqueued} task updates queued"
+    )
+
+
 @main.command()
 @click.pass_context
 def digest(ctx: click.Context) -> None:

@@ -437,7 +437,7 @@ class Dispatcher:
             message = f"{type(exc).__name__}: {exc}"
             log.error(
                 "outbox.unexpected_error",
-                item=item.id,
+                outbox_id=item.id,
                 case_id=item.case_id,
                 error=type(exc).__name__,
             )
@@ -517,7 +517,9 @@ class Dispatcher:
         """Whether it went out cannot be known: a person settles it (`outbox resolve`)."""
         self._settle(item, token, {"status": "needs_review", "reason": reason[:255]})
         self.report.needs_review += 1
-        log.warning("outbox.needs_review", item=item.id, case_id=item.case_id, target=item.target)
+        log.warning(
+            "outbox.needs_review", outbox_id=item.id, case_id=item.case_id, target=item.target
+        )
 
     def _delivered_values(self, confirmed: _Confirmed) -> dict[str, Any]:
         result = confirmed.result
@@ -625,7 +627,7 @@ class Dispatcher:
             self.report.dead += 1
             log.warning(
                 "outbox.dead",
-                item=item.id,
+                outbox_id=item.id,
                 case_id=item.case_id,
                 target=item.target,
                 attempts=attempts,
@@ -634,7 +636,7 @@ class Dispatcher:
             self.report.retried += 1
             log.info(
                 "outbox.retry",
-                item=item.id,
+                outbox_id=item.id,
                 case_id=item.case_id,
                 target=item.target,
                 attempts=attempts,
@@ -692,7 +694,7 @@ class Dispatcher:
             self.report.dead += 1
         log.warning(
             "outbox.address_rejected",
-            item=item.id,
+            outbox_id=item.id,
             case_id=item.case_id,
             code=exc.code,
             replan=replan,
@@ -700,7 +702,9 @@ class Dispatcher:
 
     def _lost(self, item: ClaimedItem) -> None:
         self.report.lost_claims += 1
-        log.warning("outbox.claim_lost", item=item.id, case_id=item.case_id, target=item.target)
+        log.warning(
+            "outbox.claim_lost", outbox_id=item.id, case_id=item.case_id, target=item.target
+        )
 
 
 def dispatch(
