@@ -90,7 +90,11 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
 
     @app.get("/openapi.json", doc_ui=False)
     def openapi_json() -> Any:
-        return jsonify(app.api_doc)
+        from service.api.referrals import district_concerns
+
+        doc = app.api_doc
+        district_concerns(doc, settings.referrals.concerns)
+        return jsonify(doc)
 
     @app.get("/healthz", responses={200: Health, 503: Health}, summary="The process is alive")
     def healthz() -> Any:

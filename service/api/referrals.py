@@ -10,14 +10,16 @@ from __future__ import annotations
 
 import re
 from datetime import UTC, date, datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from flask import Response, jsonify
 from flask_openapi3 import APIBlueprint, Tag
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic.json_schema import SkipJsonSchema
 
 from service import referrals
 from service.api.auth import BEARER, Principal, current_principal, requires
+from service.api.common import MAX_ID
 from service.api.context import engine, settings
 from service.api.limits import limiter, referral_limit
 from service.api.problems import documented, problem_response
@@ -26,6 +28,9 @@ TAG = Tag(name="referrals", description="Person-based referrals and their status
 api = APIBlueprint("referrals", __name__, url_prefix="/referrals", abp_tags=[TAG])
 
 EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
+# Text that must say something: spaces alone are stripped to nothing. Declared in the schema so
+# the description rejects what the route rejects.
+SOMETHING = r"\S"
 Role = Literal["teacher", "counselor", "parent_guardian", "student", "community_partner", "other"]
 Urgency = Literal["routine", "soon", "urgent"]
 Rejection = Literal[
@@ -43,15 +48,19 @@ class Form(BaseModel):
 
 
 class Referrer(Form):
-    name: str = Field(min_length=1, max_length=255)
+    name: str = Field(min_length=1, max_length=255, pattern=SOMETHING)
     role: Role
     relationship: str = Field(
         min_length=1,
         max_length=128,
+        pattern=SOMETHING,
         description="To the student, in the referrer's words: 'math teacher', 'aunt', 'coach'.",
     )
     email: str | None = Field(
-        None, max_length=255, description="For the acknowledgement and status emails (optional)."
+        None,
+        max_length=255,
+        pattern=r"^\s*(|[^@\s]+@[^@\s]+\.[^@\s]+)\s*$",
+        description="For the acknowledgement and status emails (optional).",
     )
 
     @field_validator("email")
@@ -68,9 +77,18 @@ class StudentNamed(Form):
     """The student: their local id (student number or sourcedId), or first and last name with
     the school and birth date. Names match case- and accent-insensitively."""
 
-    local_id: str | None = Field(None, max_length=64)
-    first_name: str | None = Field(None, max_length=128)
-    last_name: str | None = Field(None, max_length=128)
+    # Either the id or both names (the description says so with `anyOf`).
+    model_config = ConfigDict(
+        json_schema_extra={"anyOf": [{"required": ["local_id"]},
+                                     {"required": ["first_name", "last_name"]}]}
+    )  # fmt: skip
+    local_id: Annotated[str, Field(max_length=64, pattern=SOMETHING)] | SkipJsonSchema[None] = None
+    first_name: Annotated[str, Field(max_length=128, pattern=SOMETHING)] | SkipJsonSchema[None] = (
+        None
+    )
+    last_name: Annotated[str, Field(max_length=128, pattern=SOMETHING)] | SkipJsonSchema[None] = (
+        None
+    )
     school: str | None = Field(None, max_length=255, description="Name, number or sourcedId.")
     birth_date: date | None = None
 
@@ -85,7 +103,7 @@ class ReferralForm(Form):
     referrer: Referrer
     student: StudentNamed
     concerns: list[str] = Field(
-        min_length=1,
+        min_length=1,  # the district's list is added to the description by `district_concerns`
         max_length=12,
         description="From the district's list (`referrals.concerns`); by default attendance, "
         "academics, behavior, basic_needs, housing, health, mental_health, safety, family, other.",
@@ -142,12 +160,12 @@ class ListQuery(BaseModel):
     state: State | None = None
     origin: Literal["rule", "person"] | None = None
     limit: int = Field(50, ge=1, le=500)
-    offset: int = Field(0, ge=0)
+    offset: int = Field(0, ge=0, le=MAX_ID)
 
 
 class PageQuery(BaseModel):
     limit: int = Field(50, ge=1, le=500)
-    offset: int = Field(0, ge=0)
+    offset: int = Field(0, ge=0, le=MAX_ID)
 
 
 class ReferrerOut(BaseModel):
@@ -203,8 +221,11 @@ class UnmatchedPage(BaseModel):
 class Resolution(Form):
     """Either the student the referral is about, or why it is rejected."""
 
-    student_id: str | None = Field(None, max_length=128)
-    reject: Rejection | None = None
+    model_config = ConfigDict(
+        json_schema_extra={"oneOf": [{"required": ["student_id"]}, {"required": ["reject"]}]}
+    )
+    student_id: Annotated[str, Field(min_length=1, max_length=128)] | SkipJsonSchema[None] = None
+    reject: Rejection | SkipJsonSchema[None] = None
 
     @model_validator(mode="after")
     def _one(self) -> Resolution:
@@ -293,7 +314,7 @@ def post_referral(body: ReferralForm, header: IdempotencyHeader) -> Any:
 @api.get(
     "/<referral_id>/status",
     summary="A referral's status, for the person who made it",
-    responses=responses(200, ReferralStatus, 404),
+    responses=responses(200, ReferralStatus, 404, 422),
 )
 def referral_status(path: ReferralPath, query: StatusQuery, header: StatusHeader) -> Any:
     """With the status token the referral was given (`Status-Token` header or `?token=`), not
@@ -344,7 +365,7 @@ def unmatched(query: PageQuery) -> Any:
     "/<referral_id>",
     summary="One referral in full",
     security=BEARER,
-    responses=responses(200, ReferralDetail, 401, 403, 404),
+    responses=responses(200, ReferralDetail, 401, 403, 404, 422),
 )
 @requires("cases:read")
 def get_referral(path: ReferralPath) -> Any:
@@ -381,3 +402,11 @@ def resolve(path: ReferralPath, body: Resolution) -> Any:
     found = referrals.get_referral(engine(), caller, path.referral_id)
     assert found is not None
     return jsonify(_detail(found).model_dump(mode="json"))
+
+
+def district_concerns(doc: dict[str, Any], concerns: list[str]) -> None:
+    """Name the district's concern categories in the description (`referrals.concerns`), so a
+    form can offer them and a client learns an unknown one is refused before it sends."""
+    form = doc.get("components", {}).get("schemas", {}).get("ReferralForm")
+    if form is not None:
+        form["properties"]["concerns"]["items"]["enum"] = list(concerns)
