@@ -9,6 +9,7 @@ found; the referrer sees only received / assigned / closed through the status to
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from datetime import UTC, date, datetime
 from typing import Annotated, Any, Literal
 
@@ -404,7 +405,7 @@ def resolve(path: ReferralPath, body: Resolution) -> Any:
     return jsonify(_detail(found).model_dump(mode="json"))
 
 
-def district_concerns(doc: dict[str, Any], concerns: list[str]) -> None:
+def district_concerns(doc: dict[str, Any], concerns: Iterable[str]) -> None:
     """Name the district's concern categories in the description (`referrals.concerns`), so a
     form can offer them and a client learns an unknown one is refused before it sends."""
     form = doc.get("components", {}).get("schemas", {}).get("ReferralForm")
