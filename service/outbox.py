@@ -73,7 +73,8 @@ def enqueue(conn: Connection, items: list[dict[str, Any]]) -> int:
             "payload": item["payload"],
             "status": "pending",
             "attempts": 0,
-            "next_attempt_at": now,
+            # An intent may wait (a status the referrer may hear only after a delay).
+            "next_attempt_at": item.get("not_before", now),
             "created_at": now,
         }
         for item in items

@@ -26,6 +26,7 @@ import unicodedata
 from collections.abc import Collection, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
+from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any, Literal
 
 import structlog
@@ -40,7 +41,6 @@ from service.models import (
     Case,
     ClaimedItem,
     Disclosure,
-    OutboxItem,
     PersonReferral,
     Referral,
     ReferralStatusToken,
@@ -391,24 +391,40 @@ def _record(
     token = _issue_token(conn, pk, now)
     _tell_referrer(conn, settings, public_id, form.referrer_email, "received", now, now)
     if match.student_id is not None:
-        _place(conn, settings, pk, match.student_id, today)
+        stored = SimpleNamespace(
+            id=pk, public_id=public_id, received_at=now, received_on=today,
+            referrer_name=form.referrer_name, referrer_role=form.referrer_role,
+            referrer_email=form.referrer_email, relationship=form.relationship,
+            concerns=list(dict.fromkeys(form.concerns)), note=form.note, urgency=form.urgency,
+            family_contact_ok=form.family_contact_ok, school_id=match.school_id,
+        )  # fmt: skip
+        _place(conn, settings, stored, match.student_id, today)
     log.info("referral.received", referral=public_id, matched=match.student_id is not None)
     return Receipt(public_id, token)
 
 
-def _place(conn: Connection, settings: Settings, pk: int, student_id: str, today: date) -> None:
-    """Put a stored referral on its student's case (the CaseBook path) and tell the referrer."""
-    row = conn.execute(select(PersonReferral).where(PersonReferral.id == pk)).one()
+def _place(conn: Connection, settings: Settings, row: Any, student_id: str, today: date) -> None:
+    """Put a stored referral (`row`: its `person_referrals` values) on its student's case (the
+    CaseBook path) and tell the referrer."""
     book = PersonCaseBook(conn, settings, today, {student_id})
     placed = book.place([person_reason(settings, row, student_id, today)])[student_id]
     school = conn.execute(select(Case.school_id).where(Case.id == placed.case_id)).scalar()
+    # The case is open (new, reopened or joined): the referrer's status follows from its
+    # assignee, written with the match instead of read back.
+    status = status_of("matched", "open", placed.assignee_id)
     conn.execute(
         update(PersonReferral)
-        .where(PersonReferral.id == pk)
+        .where(PersonReferral.id == row.id)
         .values(state="matched", student_id=student_id, case_id=placed.case_id,
-                referral_id=placed.referral_id, school_id=school or row.school_id)
+                referral_id=placed.referral_id, school_id=school or row.school_id,
+                referrer_status=status)
     )  # fmt: skip
-    update_referrer_statuses(conn, settings, [placed.case_id])
+    if status != "received":
+        _tell_referrer(conn, settings, row.public_id, row.referrer_email, status,
+                       row.received_at, utcnow(), student_id, placed.case_id)  # fmt: skip
+    if placed.opened:
+        # A reopened case changes what its earlier referrers hear; joining an open case does not.
+        update_referrer_statuses(conn, settings, [placed.case_id])
 
 
 # -- what the referrer hears ---------------------------------------------------------------------
@@ -458,16 +474,11 @@ def _tell_referrer(
     if not email or channel is None:
         return
     intent = referrer_status(channel, public_id, state, student_id, case_id)
-    if not enqueue(conn, [intent]) or state != "assigned":
-        return
-    due = _aware(received_at) + timedelta(hours=settings.referrals.assigned_status_delay_hours)
-    if due > now:
-        conn.execute(
-            update(OutboxItem)
-            .where(OutboxItem.idempotency_key == intent["idempotency_key"],
-                   OutboxItem.status == "pending")
-            .values(next_attempt_at=due)
-        )  # fmt: skip
+    if state == "assigned":
+        # Not before the delay: a found student and a queued one look alike to the referrer.
+        delay = timedelta(hours=settings.referrals.assigned_status_delay_hours)
+        intent["not_before"] = max(_aware(received_at) + delay, now)
+    enqueue(conn, [intent])
 
 
 def update_referrer_statuses(conn: Connection, settings: Settings, case_ids: Iterable[int]) -> int:
@@ -794,12 +805,10 @@ def _resolve_once(
     now = utcnow()
     schools = allowed_schools(conn, caller.schools)
     row = conn.execute(
-        select(PersonReferral.id, PersonReferral.state, PersonReferral.school_id,
-               PersonReferral.public_id, PersonReferral.referrer_email,
-               PersonReferral.received_at)
+        select(PersonReferral.__table__)  # every column: a match makes it a case reason
         .where(PersonReferral.public_id == referral_id)
         .with_for_update()
-    ).first()  # fmt: skip
+    ).first()
     if row is None or (schools is not None and row.school_id not in schools):
         return "not_found"
     if row.state != "unmatched":
@@ -833,6 +842,6 @@ def _resolve_once(
         return "rejected"
     assert student is not None
     conn.execute(update(PersonReferral).where(PersonReferral.id == row.id).values(match="staff"))
-    _place(conn, settings, row.id, student.student_id, today)
+    _place(conn, settings, row, student.student_id, today)
     log.info("referral.resolved", referral=row.public_id)
     return "matched"

@@ -42,8 +42,10 @@ from service.models import (
     InboundMessage,
     MessageStatus,
     OutboxItem,
+    PersonReferral,
     QuarantinedRecord,
     Referral,
+    ReferralStatusToken,
     ResourceQuarantine,
     ToolStatusReceipt,
 )
@@ -65,6 +67,8 @@ CASE_BATCH = 500
 CASE_PARTS = (
     "cases",
     "referrals (with their indicator snapshots)",
+    "person referrals as sent (referrer, note)",
+    "referral status tokens",
     "case events",
     "outbox items (addresses, what was sent)",
     "family answers",
@@ -236,6 +240,30 @@ def _closed_cases(engine: Engine, before: datetime, report: RetentionReport) -> 
         ids = due[start : start + CASE_BATCH]
         with engine.begin() as conn:
             _purge_cases(conn, ids, report)
+    _rejected_referrals(engine, before, report)
+
+
+def _rejected_referrals(engine: Engine, before: datetime, report: RetentionReport) -> None:
+    """A person's referral staff rejected has no case to go with: it goes as long after it was
+    rejected as a closed case after it closed. Unmatched ones wait for a person."""
+    rejected = select(PersonReferral.id).where(
+        PersonReferral.state == "rejected", PersonReferral.resolved_at < before
+    )
+    what = "rejected person referrals (referrer, note)"
+    report.add(CLOSED_CASES, what, 0)  # the line shows even when nothing goes
+    with engine.begin() as conn:
+        if report.dry_run:
+            n = conn.execute(select(func.count()).select_from(rejected.subquery())).scalar_one()
+            report.add(CLOSED_CASES, what, int(n))
+            return
+        ids = list(conn.execute(rejected).scalars())
+        for start in range(0, len(ids), CASE_BATCH):
+            batch = ids[start : start + CASE_BATCH]
+            conn.execute(
+                delete(ReferralStatusToken).where(ReferralStatusToken.person_referral_id.in_(batch))
+            )
+            gone = conn.execute(delete(PersonReferral).where(PersonReferral.id.in_(batch)))
+            report.add(CLOSED_CASES, what, int(gone.rowcount))
 
 
 def _purge_cases(conn: Connection, ids: list[int], report: RetentionReport) -> None:
@@ -250,6 +278,13 @@ def _purge_cases(conn: Connection, ids: list[int], report: RetentionReport) -> N
     targets: list[tuple[Any, Any]] = [
         (Case, Case.id.in_(ids)),
         (Referral, Referral.case_id.in_(ids)),
+        (PersonReferral, PersonReferral.case_id.in_(ids)),
+        (
+            ReferralStatusToken,
+            ReferralStatusToken.person_referral_id.in_(
+                select(PersonReferral.id).where(PersonReferral.case_id.in_(ids))
+            ),
+        ),
         (CaseEvent, CaseEvent.case_id.in_(ids)),
         (OutboxItem, OutboxItem.case_id.in_(ids)),
         (CaseReply, or_(CaseReply.case_id.in_(ids), CaseReply.outbox_id.in_(item_ids))),

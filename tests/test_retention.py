@@ -27,8 +27,10 @@ from service.models import (
     Disclosure,
     InboundMessage,
     OutboxItem,
+    PersonReferral,
     QuarantinedRecord,
     Referral,
+    ReferralStatusToken,
 )
 from service.pipeline import open_engine, run_dispatch, run_evaluate, run_sync
 from tests.conftest import settings_for, write_config
@@ -114,6 +116,30 @@ def district_after_a_year(db_url: str, tmp_path: Path) -> tuple[Path, Engine, di
                 reason="duplicate_key", detail="sourcedId repeated", payload=NAME_AND_BIRTH,
                 fingerprint=len(key) * 7 + seen.day, first_seen=seen, last_seen=seen,
                 times_seen=2))  # fmt: skip
+        # A teacher had referred the student of the old case: the referral as sent (who, the
+        # note) goes with the case, and so does the token that showed its status.
+        referral = conn.execute(insert(PersonReferral).values(
+            public_id="ref_old", received_at=long_ago, received_on=long_ago.date(),
+            fingerprint="f" * 64, referrer_name="Ms. Okonkwo", referrer_role="teacher",
+            referrer_email="okonkwo@example.org", relationship="math teacher",
+            concerns=["attendance"], note="Xiomara has been missing first period",
+            urgency="soon", family_contact_ok=True, identification={"local_id": "1001"},
+            match="local_id", state="matched", student_id="stu-1", case_id=old,
+            referrer_status="closed",
+        ).returning(PersonReferral.id)).scalar_one()  # fmt: skip
+        conn.execute(insert(ReferralStatusToken).values(
+            token_sha256="0" * 64, person_referral_id=referral, created_at=long_ago))  # fmt: skip
+        # Another that staff rejected long ago (no case), and one still in the queue.
+        for public_id, state in (("ref_rejected", "rejected"), ("ref_waiting", "unmatched")):
+            conn.execute(insert(PersonReferral).values(
+                public_id=public_id, received_at=long_ago, received_on=long_ago.date(),
+                fingerprint=public_id.ljust(64, "0"), referrer_name="A. Neighbor",
+                referrer_role="community_partner", relationship="neighbor",
+                concerns=["housing"], note="the family may be losing their apartment",
+                urgency="routine", family_contact_ok=False, identification={"first_name": "X"},
+                match="none", state=state, referrer_status="closed",
+                resolved_at=long_ago if state == "rejected" else None,
+            ))  # fmt: skip
     ids = {"old": old, "recent": recent, "notice": notice, "other": other.id}
     return config, engine, ids
 
@@ -139,6 +165,9 @@ def test_retention_purges_what_is_past_its_time_and_keeps_disclosures_and_consen
     assert would["follow-up answers"] == 1
     assert would["message text kept in outbox items"] == 1
     assert would["addresses in delivery errors"] == 1
+    assert would["person referrals as sent (referrer, note)"] == 1
+    assert would["referral status tokens"] == 1
+    assert would["rejected person referrals (referrer, note)"] == 1
     assert count(engine, Case, Case.id == old) == 1  # nothing changed yet
 
     done = cli(config, "retention", "run")
@@ -151,6 +180,9 @@ def test_retention_purges_what_is_past_its_time_and_keeps_disclosures_and_consen
     assert count(engine, Referral, Referral.case_id == old) == 0
     assert count(engine, CaseEvent, CaseEvent.case_id == old) == 0
     assert count(engine, OutboxItem, OutboxItem.case_id == old) == 0
+    assert count(engine, ReferralStatusToken) == 0
+    with engine.connect() as conn:  # the queue waits for a person; the rest went
+        assert list(conn.execute(select(PersonReferral.public_id)).scalars()) == ["ref_waiting"]
     # ...the recent closed case and the open one stay whole...
     assert count(engine, Case) == 2
     assert count(engine, Referral, Referral.case_id == ids["recent"]) == 1

@@ -9,10 +9,9 @@ from typing import Annotated
 
 from flask import Response
 from pydantic import BaseModel, ConfigDict, Field, PlainSerializer
-from sqlalchemy import Connection, or_, select
+from sqlalchemy import Connection
 
 from service.api.auth import Principal
-from service.models import School
 
 # Bigger than any id a row can have on either database: a larger path id is a 422, not a crash
 # in the driver ("Python int too large to convert to SQLite INTEGER").
@@ -67,16 +66,12 @@ def page_info(total: int, query: PageQuery) -> PageInfo:
 def visible_schools(conn: Connection, principal: Principal) -> set[str] | None:
     """The school sourcedIds a token may see (None: every school).
 
-    A token's schools may be written as sourcedIds or as school numbers, like caseloads."""
-    if principal.schools is None:
-        return None
-    wanted = list(principal.schools)
-    found = conn.execute(
-        select(School.school_id).where(
-            or_(School.school_id.in_(wanted), School.identifier.in_(wanted))
-        )
-    ).scalars()
-    return set(found) | set(wanted)
+    A token's schools may be written as sourcedIds or as school numbers, like caseloads: the
+    same rule as the referral routes (`service.referrals.allowed_schools`)."""
+    from service.referrals import allowed_schools
+
+    allowed = allowed_schools(conn, principal.schools)
+    return None if allowed is None else set(allowed)
 
 
 def public_reason(reason: str | None) -> str | None:

@@ -20,7 +20,7 @@ from pydantic.json_schema import SkipJsonSchema
 
 from service import referrals
 from service.api.auth import BEARER, Principal, current_principal, requires
-from service.api.common import MAX_ID
+from service.api.common import PageInfo, PageQuery, page_info
 from service.api.context import engine, settings
 from service.api.limits import limiter, referral_limit
 from service.api.problems import documented, problem_response
@@ -157,16 +157,9 @@ class ReferralStatus(BaseModel):
 # -- the staff side -------------------------------------------------------------------------------
 
 
-class ListQuery(BaseModel):
+class ListQuery(PageQuery):
     state: State | None = None
     origin: Literal["rule", "person"] | None = None
-    limit: int = Field(50, ge=1, le=500)
-    offset: int = Field(0, ge=0, le=MAX_ID)
-
-
-class PageQuery(BaseModel):
-    limit: int = Field(50, ge=1, le=500)
-    offset: int = Field(0, ge=0, le=MAX_ID)
 
 
 class ReferrerOut(BaseModel):
@@ -196,7 +189,11 @@ class ReferralDetail(ReferralSummary):
     family_contact_ok: bool | None = None
     identification: dict[str, Any] | None = Field(None, description="The student as named.")
     match: str | None = Field(None, description="How the student was found, or why not.")
-    status: StatusWord | None = Field(None, description="What the referrer has been told.")
+    status: StatusWord | None = Field(
+        None,
+        description="The referrer's status. The referrer sees `assigned` only after "
+        "`referrals.assigned_status_delay_hours`, and `received` until then.",
+    )
     rejection_reason: str | None = None
     resolved_at: datetime | None = None
     resolved_by: str | None = None
@@ -205,18 +202,12 @@ class ReferralDetail(ReferralSummary):
     evidence: dict[str, Any] | None = None
 
 
-class ReferralPage(BaseModel):
+class ReferralPage(PageInfo):
     items: list[ReferralSummary]
-    total: int
-    limit: int
-    offset: int
 
 
-class UnmatchedPage(BaseModel):
+class UnmatchedPage(PageInfo):
     items: list[ReferralDetail]
-    total: int
-    limit: int
-    offset: int
 
 
 class Resolution(Form):
@@ -341,8 +332,8 @@ def list_referrals(query: ListQuery) -> Any:
     )  # fmt: skip
     out = ReferralPage(
         items=[ReferralSummary.model_validate(_detail(i).model_dump()) for i in page.items],
-        total=page.total, limit=query.limit, offset=query.offset,
-    )  # fmt: skip
+        **page_info(page.total, query).model_dump(),
+    )
     return jsonify(out.model_dump(mode="json"))
 
 
@@ -357,8 +348,9 @@ def unmatched(query: PageQuery) -> Any:
     page = referrals.unmatched_queue(
         engine(), _caller(current_principal()), query.limit, query.offset
     )
-    out = UnmatchedPage(items=[_detail(i) for i in page.items], total=page.total,
-                        limit=query.limit, offset=query.offset)  # fmt: skip
+    out = UnmatchedPage(
+        items=[_detail(i) for i in page.items], **page_info(page.total, query).model_dump()
+    )
     return jsonify(out.model_dump(mode="json"))
 
 
