@@ -74,8 +74,10 @@ def referral(n: int, client: int, students: list[str]) -> dict[str, Any]:
     else:
         student = {"local_id": students[(n * 7919 + client * 104729) % len(students)]}
     return {
-        "referrer": {"name": "A. Teacher", "role": "teacher", "relationship": "math teacher",
-                     "email": "teacher@example.org"},
+        # A different referrer each time: the same referrer, student, concerns and day would
+        # be a repeat of the first referral (answered, not recorded again).
+        "referrer": {"name": f"Teacher {client}-{n}", "role": "teacher",
+                     "relationship": "math teacher", "email": f"t{client}-{n}@example.org"},
         "student": student,
         "concerns": ["attendance", "basic_needs"] if n % 3 else ["academics"],
         "note": f"bench referral {client}-{n}: missing class, seems hungry",
@@ -191,7 +193,8 @@ def bench_one(kind: str, args: argparse.Namespace, district: Path) -> dict[str, 
             [sys.executable, "-m", "service.cli", "--config", str(config), "serve",
              "--bind", f"127.0.0.1:{port}", "--workers", str(args.workers),
              "--threads", str(args.threads), "--access-log", "off"],
-            cwd=ROOT, text=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            cwd=ROOT, text=True, stdout=subprocess.DEVNULL,
+            stderr=(run_dir / "serve.log").open("w"),  # kept: a 5xx is explained there
         )  # fmt: skip
         try:
             wait_healthy(base, server)

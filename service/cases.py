@@ -193,11 +193,17 @@ def _load_open_cases(
         cases[sid] = OpenCase(cid, sid, rev, sev, assignee, rec, opened, set(), set())
     by_id = {c.id: c for c in cases.values()}
     for case_id, rule_id, categories, origin in conn.execute(q2):
+        case = by_id.get(case_id)
+        if case is None:
+            # Opened by another transaction that committed between the two reads (READ
+            # COMMITTED): not one of ours. Opening a second would hit the one-open-case index,
+            # and the caller retries.
+            continue
         if rule_id:
-            by_id[case_id].rules.add(rule_id)
+            case.rules.add(rule_id)
         if origin == "person":
-            by_id[case_id].held_by_person = True
-        by_id[case_id].categories.update(categories or [])
+            case.held_by_person = True
+        case.categories.update(categories or [])
     return cases
 
 

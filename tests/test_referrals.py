@@ -16,7 +16,7 @@ from click.testing import CliRunner
 from conftest import settings_for, write_config
 from flask import Flask
 from flask.testing import FlaskClient
-from sqlalchemy import Engine, func, select, text
+from sqlalchemy import Engine, event, func, select, text
 
 from connectors.status import StatusReport
 from service.api import create_app
@@ -459,3 +459,39 @@ def test_a_referral_reaches_the_tool_and_the_referrer_through_the_cli_dispatch(
     assert "referred by Dana Whitfield" in tasks
     emails = (tmp_path / "out" / "family-email.jsonl").read_text(encoding="utf-8")
     assert len(re.findall(r"referrer:ref_[\w-]+:status-(received|assigned)", emails)) == 2
+
+
+def test_two_referrals_racing_to_open_the_same_students_case_share_one(
+    app: Flask, engine: Engine, settings: Settings
+) -> None:
+    """Another referral about the student commits its new case while this one is between
+    reading the open cases and their reasons (READ COMMITTED): this one joins that case."""
+    if engine.dialect.name != "postgresql":
+        pytest.skip("one writer at a time on SQLite: the race needs PostgreSQL")
+    from service import referrals
+
+    _, token = create_token(engine, "form", ["referrals:create"])
+    raced: list[str] = []
+
+    @event.listens_for(engine, "after_cursor_execute")
+    def other_referral_commits(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        if raced or "FOR UPDATE" not in statement or "FROM cases" not in statement:
+            return
+        raced.append("now")
+        submission = referrals.Submission(
+            referrer_name="Sam Ortiz", referrer_role="counselor", relationship="counselor",
+            referrer_email=None, concerns=["attendance"], note="", urgency="routine",
+            family_contact_ok=False,
+            student=referrals.StudentNamed("1001", None, None, None, None),
+        )  # fmt: skip
+        referrals.receive(engine, settings, referrals.Caller(None, "form", None), submission)
+
+    try:
+        post(app.test_client(), {"Authorization": f"Bearer {token}"}, form())
+    finally:
+        event.remove(engine, "after_cursor_execute", other_referral_commits)
+
+    assert raced
+    case = the_case(engine, "s1")  # one case (the index allows one open case per student)
+    assert case.revision == 2
+    assert [r.case_id for r in person_referrals(engine)] == [case.id, case.id]
