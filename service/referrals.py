@@ -123,6 +123,10 @@ class Caller:
         return self.schools is None or (school_id is not None and school_id in self.schools)
 
 
+class IdempotencyKeyReused(Exception):
+    """An `Idempotency-Key` already used for a different referral (not a retry of it)."""
+
+
 @dataclass(frozen=True)
 class Receipt:
     """What the caller who posted gets back: the same shape whether the student matched."""
@@ -291,7 +295,9 @@ def digest(token: str) -> str:
 
 
 def fingerprint(caller: Caller, form: Submission, match: Match, day: date) -> str:
-    """The same referrer, student, concerns and day through the same token: one referral."""
+    """The same referrer, student, concerns, note, urgency and consent on the same day through
+    the same token: one referral (a double submit). A changed note or urgency is new
+    information, so it is a new referral."""
     student = (
         ["student", match.student_id]
         if match.student_id
@@ -300,6 +306,7 @@ def fingerprint(caller: Caller, form: Submission, match: Match, day: date) -> st
     parts = [
         caller.token_id, fold(form.referrer_name), form.referrer_role,
         fold(form.referrer_email), student, sorted(set(form.concerns)), day.isoformat(),
+        " ".join(form.note.split()), form.urgency, form.family_contact_ok,
     ]  # fmt: skip
     return hashlib.sha256(json.dumps(parts).encode()).hexdigest()
 
@@ -333,6 +340,8 @@ def receive(
             match = match_student(conn, form.student, schools)
             seen_as = fingerprint(caller, form, match, today)
             earlier = _earlier(conn, caller, idempotency_key, seen_as)
+        if earlier is not None and earlier[2] != seen_as:
+            raise IdempotencyKeyReused(idempotency_key)
         if earlier is not None:
             with engine.begin() as conn:
                 token = _issue_token(conn, earlier[0], utcnow())
@@ -349,7 +358,9 @@ def receive(
 
 def _earlier(
     conn: Connection, caller: Caller, key: str | None, seen_as: str
-) -> tuple[int, str] | None:
+) -> tuple[int, str, str] | None:
+    """The referral this post repeats (its key, or the same referral): id, public id and
+    fingerprint; the referral with the same fingerprint first."""
     where = PersonReferral.fingerprint == seen_as
     if key:
         where = or_(
@@ -357,9 +368,12 @@ def _earlier(
             & (PersonReferral.idempotency_key == key),
         )  # fmt: skip
     row = conn.execute(
-        select(PersonReferral.id, PersonReferral.public_id).where(where).limit(1)
+        select(PersonReferral.id, PersonReferral.public_id, PersonReferral.fingerprint)
+        .where(where)
+        .order_by((PersonReferral.fingerprint == seen_as).desc())
+        .limit(1)
     ).first()
-    return (row.id, row.public_id) if row else None
+    return (row.id, row.public_id, row.fingerprint) if row else None
 
 
 def _record(

@@ -405,6 +405,32 @@ def test_a_repeated_post_is_one_referral(app: Flask, engine: Engine) -> None:
     assert the_case(engine, "s1").revision == 2  # two referrals, not four
 
 
+def test_a_changed_note_or_urgency_the_same_day_is_a_new_referral(
+    app: Flask, engine: Engine
+) -> None:
+    client = app.test_client()
+    token = bearer(engine, "referrals:create")
+    first = post(client, token, form()).get_json()
+    later = post(client, token, form(note="Now says they slept in the car.", urgency="urgent"))
+
+    assert later.get_json()["id"] != first["id"]
+    notes = [r.note for r in person_referrals(engine)]
+    assert notes == [NOTE, "Now says they slept in the car."]  # nothing a teacher wrote is lost
+    assert the_case(engine, "s1").severity == "high"
+
+
+def test_an_idempotency_key_reused_for_another_referral_is_422(app: Flask, engine: Engine) -> None:
+    client = app.test_client()
+    token = {**bearer(engine, "referrals:create"), "Idempotency-Key": "form-7"}
+    post(client, token, form())
+
+    other = client.post("/referrals", json=form(concerns=["health"]), headers=token)
+
+    assert other.status_code == 422 and other.mimetype == PROBLEM_JSON
+    assert other.get_json()["invalid-params"][0]["name"] == "header.Idempotency-Key"
+    assert len(person_referrals(engine)) == 1
+
+
 def test_unknown_concerns_and_missing_student_are_422_without_echoing_the_input(
     app: Flask, engine: Engine
 ) -> None:

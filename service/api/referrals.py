@@ -291,9 +291,17 @@ def post_referral(body: ReferralForm, header: IdempotencyHeader) -> Any:
             student.school or None, student.birth_date,
         ),
     )  # fmt: skip
-    receipt = referrals.receive(
-        engine(), settings(), _caller(current_principal()), form, header.idempotency_key
-    )
+    try:
+        receipt = referrals.receive(
+            engine(), settings(), _caller(current_principal()), form, header.idempotency_key
+        )
+    except referrals.IdempotencyKeyReused:
+        params = [{"name": "header.Idempotency-Key", "reason": "already used for another referral"}]
+        return problem_response(
+            422, "Idempotency-Key reused",
+            "This Idempotency-Key was sent with a different referral; use a new key.",
+            **{"invalid-params": params},
+        )  # fmt: skip
     url = _status_url(receipt.referral_id)
     out = Receipt(id=receipt.referral_id, status="received", status_token=receipt.status_token,
                   status_url=url)  # fmt: skip
