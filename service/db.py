@@ -11,6 +11,7 @@ from alembic import command
 from alembic.config import Config as AlembicConfig
 from alembic.migration import MigrationContext
 from alembic.script import ScriptDirectory
+from alembic.util import CommandError
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
@@ -86,6 +87,13 @@ class SchemaNotCurrent(CasebridgeError):
     """The database is behind (or ahead of) this casebridge's migrations."""
 
 
+def _known_revision(url: str, revision: str) -> bool:
+    try:
+        return ScriptDirectory.from_config(alembic_config(url)).get_revision(revision) is not None
+    except CommandError:
+        return False
+
+
 def check_schema_current(engine: Engine, url: str) -> None:
     head = ScriptDirectory.from_config(alembic_config(url)).get_current_head()
     try:
@@ -97,7 +105,13 @@ def check_schema_current(engine: Engine, url: str) -> None:
         ) from exc
     if current != head:
         where = f"at revision {current}" if current else "empty (no casebridge schema)"
+        if current is None or _known_revision(url, current):
+            advice = "Run `casebridge db upgrade` first."
+        else:  # a newer casebridge migrated it: upgrading this one cannot help
+            advice = (
+                "A newer casebridge has migrated it: run that version, or restore the backup "
+                "taken before its upgrade."
+            )
         raise SchemaNotCurrent(
-            f"the database is {where}; this casebridge needs revision {head}. "
-            "Run `casebridge db upgrade` first."
+            f"the database is {where}; this casebridge needs revision {head}. {advice}"
         )

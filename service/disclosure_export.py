@@ -17,7 +17,7 @@ from zoneinfo import ZoneInfo
 
 from sqlalchemy import Engine, func, select
 
-from service.intents import DIGEST, FAMILY_NOTICE, FOLLOW_UP, TASK_UPSERT
+from service.intents import DIGEST, FAMILY_NOTICE, FOLLOW_UP, REFERRER_STATUS, TASK_UPSERT
 from service.models import Disclosure, OutboxItem, Student
 
 # The column order is part of the format: a district's records office may script against it.
@@ -37,6 +37,8 @@ PURPOSES = {
     DIGEST: "case manager's daily digest of new and changed cases",
     FAMILY_NOTICE: "community resources offered to the family",
     FOLLOW_UP: "asking the family whether the resources helped",
+    REFERRER_STATUS: "telling the person who made a referral its status (received, assigned, "
+    "closed)",
 }
 
 

@@ -252,6 +252,26 @@ def test_commands_never_migrate_and_say_how_to_when_the_database_is_behind(
     assert invoke("--config", str(config), "outbox", "list").exit_code == 0
 
 
+def test_a_database_a_newer_release_migrated_is_refused_without_advice_to_upgrade(
+    tmp_path: Path,
+) -> None:
+    raw = copy.deepcopy(example_config())
+    raw["database"]["url"] = f"sqlite:///{tmp_path / 'new.db'}"
+    config = write_config(tmp_path / "district.yaml", raw)
+    db.upgrade(raw["database"]["url"])
+    engine = db.make_engine(raw["database"]["url"])
+    with engine.begin() as conn:  # what a later release's migration would leave
+        conn.execute(text("UPDATE alembic_version SET version_num = '0099'"))
+    engine.dispose()
+
+    result = invoke("--config", str(config), "sync")
+
+    assert result.exit_code == 2
+    said = one_line(result.output)
+    assert "at revision 0099" in said and "A newer casebridge has migrated it" in said
+    assert "db upgrade" not in said
+
+
 def test_db_upgrade_twice_is_harmless(tmp_path: Path, db_url: str) -> None:
     raw = copy.deepcopy(example_config())
     raw["database"]["url"] = db_url

@@ -443,6 +443,9 @@ def test_unknown_concerns_and_missing_student_are_422_without_echoing_the_input(
     assert bad.get_json()["invalid-params"][0]["name"] == "body.concerns"
     assert (nobody.status_code, nobody.mimetype) == (422, PROBLEM_JSON)
     assert NOTE not in nobody.get_data(as_text=True)
+    assert nobody.get_json()["invalid-params"][0]["name"] == "body.student"
+    status = client.get("/referrals/ref_x/status", headers={"Status-Token": "t" * 200})
+    assert status.get_json()["invalid-params"][0]["name"] == "header.Status-Token"
     assert person_referrals(engine) == []
 
 

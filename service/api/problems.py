@@ -49,13 +49,14 @@ def documented(*statuses: int) -> dict[str | int, Any]:
 
 def validation_problem(exc: ValidationError) -> Response:
     """flask-openapi3 calls this when a request does not match its schema."""
-    where = {"body": "body", "query": "query", "path": "path", "header": "header"}
+    # Which part failed, from the model's name: every header, path and query model says so in
+    # its name (`StatusHeader`, `CasePath`, `ListQuery`); anything else is the body.
+    title = exc.title.lower()
+    prefix = next((part for part in ("header", "path", "query") if part in title), "body")
     params = []
     for error in exc.errors(include_input=False, include_url=False):
         loc = [str(part) for part in error["loc"]]
-        title = exc.title.lower()
-        prefix = next((v for k, v in where.items() if k in title), "")
-        name = ".".join([prefix, *loc] if prefix else loc) or "body"
+        name = ".".join([prefix, *loc])
         params.append({"name": name, "reason": error["msg"]})
     detail = "; ".join(f"{p['name']}: {p['reason']}" for p in params)
     return problem_response(422, "Request does not match the schema", detail, **{
