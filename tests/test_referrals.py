@@ -158,6 +158,14 @@ def test_no_token_is_401_and_the_wrong_scope_is_403_problem_json(
     assert (wrong.status_code, wrong.mimetype) == (403, PROBLEM_JSON)
     assert "referrals:create" in wrong.get_json()["detail"]
     assert person_referrals(engine) == [] and items(engine) == []
+    # The token is checked before the input: without one, a malformed post learns nothing
+    # about what the route takes.
+    malformed = client.post("/referrals", json={"student": {}})
+    assert malformed.status_code == 401 and "student" not in malformed.get_data(as_text=True)
+    wrong_scope = client.post(
+        "/referrals", json={"student": {}}, headers=bearer(engine, "cases:read")
+    )
+    assert wrong_scope.status_code == 403
 
 
 def test_name_school_and_birth_date_match_whatever_the_case_and_accents(

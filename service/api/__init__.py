@@ -62,6 +62,9 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
     app.json.sort_keys = False  # type: ignore[attr-defined]
     cb_logging.bind_requests(app)  # a run_id per request on every log line
     problems.install(app)
+    from service.api.auth import token_before_input
+
+    token_before_input(app)  # before the limiter's hook and before input validation
     limiter.init_app(app)
     if settings.api.cors_origins:
         from flask_cors import CORS

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, TypeVar, cast
 
-from flask import g, request
+from flask import Flask, Response, g, request
 from sqlalchemy import Engine, select, update
 from sqlalchemy.orm import Session
 
@@ -149,20 +149,46 @@ def requires_any(*scopes: str) -> Callable[[F], F]:
     def decorate(view: F) -> F:
         @functools.wraps(view)
         def guarded(*args: Any, **kwargs: Any) -> Any:
-            from service.api.context import engine
-
-            header = request.headers.get("Authorization", "")
-            kind, _, token = header.partition(" ")
-            principal = authenticate(engine(), token.strip()) if kind.lower() == "bearer" else None
-            if principal is None:
-                return problem_response(
-                    401, "Unauthorized", "Send a valid API token as 'Authorization: Bearer …'."
-                )
-            if not any(principal.has(scope) for scope in scopes):
-                return problem_response(403, "Forbidden", lacking)
-            g.principal = principal
+            refused = check_token(scopes, lacking)  # done already by `token_before_input`
+            if refused is not None:
+                return refused
             return view(*args, **kwargs)
 
+        # Read by `token_before_input` (the wrappers flask-openapi3 and flask-limiter add copy a
+        # function's attributes).
+        guarded.required_scopes = (scopes, lacking)  # type: ignore[attr-defined]
         return cast(F, guarded)
 
     return decorate
+
+
+def check_token(scopes: tuple[str, ...], lacking: str) -> Response | None:
+    """The 401 or 403 answer for this request, or None with `current_principal()` set."""
+    if g.get("principal") is not None:
+        return None
+    from service.api.context import engine
+
+    header = request.headers.get("Authorization", "")
+    kind, _, token = header.partition(" ")
+    principal = authenticate(engine(), token.strip()) if kind.lower() == "bearer" else None
+    if principal is None:
+        return problem_response(
+            401, "Unauthorized", "Send a valid API token as 'Authorization: Bearer …'."
+        )
+    if not any(principal.has(scope) for scope in scopes):
+        return problem_response(403, "Forbidden", lacking)
+    g.principal = principal
+    return None
+
+
+def token_before_input(app: Flask) -> None:
+    """Check a guarded route's token before its input is validated: a caller without a valid
+    token (or scope) gets 401 (403), never a 422 that describes the route's input."""
+
+    @app.before_request
+    def _token_first() -> Response | None:
+        view = app.view_functions.get(request.endpoint or "")
+        required = getattr(view, "required_scopes", None)
+        if required is None or request.method == "OPTIONS":  # a CORS preflight has no token
+            return None
+        return check_token(*required)
