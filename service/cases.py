@@ -593,9 +593,10 @@ class PersonCaseBook(CaseBook):
         )
         return Counter({str(assignee): int(n) for assignee, n in self.conn.execute(q)})
 
-    def place(self, reasons: list[PersonReason]) -> dict[str, Placed]:
+    def place(self, reasons: list[PersonReason]) -> list[Placed]:
         """Join each student's open case, reopen a recent one, or open one; then the revision,
-        the events and the outbox intents, all in the caller's transaction."""
+        the events and the outbox intents, all in the caller's transaction. One `Placed` per
+        reason, in order (a student may have several)."""
         fired: dict[str, list[Fired]] = {r.student_id: [] for r in reasons}
         before = set(self.open)
         self.reopen_recent(fired)
@@ -603,14 +604,14 @@ class PersonCaseBook(CaseBook):
         if missing:
             self.load = self._loads()
             self.open_new(fired, student_facts(self.conn, missing))
-        referral_ids = {r.student_id: self._add(r) for r in reasons}
+        referral_ids = [self._add(r) for r in reasons]
         self.save_revisions()
         self.intents()
-        return {
-            sid: Placed(self.open[sid].id, referral_ids[sid], sid not in before,
-                        self.open[sid].assignee_id)
-            for sid in fired
-        }  # fmt: skip
+        return [
+            Placed(self.open[r.student_id].id, rid, r.student_id not in before,
+                   self.open[r.student_id].assignee_id)
+            for r, rid in zip(reasons, referral_ids, strict=True)
+        ]  # fmt: skip
 
     def _add(self, reason: PersonReason) -> int:
         sid = reason.student_id

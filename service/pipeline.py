@@ -70,6 +70,8 @@ def outbox_counts(engine: Engine) -> Counter[str]:
 
 def run_dispatch(engine: Engine, settings: Settings) -> DispatchReport:
     from service import target_health
+    from service.referrals import place_received
 
     target_health.watch(engine)  # breakers opening here are seen by /readyz and /metrics
+    place_received(engine, settings)  # referrals people sent: their tasks go in this pass
     return dispatch(engine, Deliverer(engine, settings), settings.outbox)

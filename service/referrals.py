@@ -18,15 +18,15 @@ kept. No name, note or birth date is logged.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import json
 import secrets
 import unicodedata
-from collections.abc import Collection, Iterable
+from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
-from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any, Literal
 
 import structlog
@@ -121,6 +121,11 @@ class Caller:
 
     def sees(self, school_id: str | None) -> bool:
         return self.schools is None or (school_id is not None and school_id in self.schools)
+
+
+PLACE_BATCH = 200  # referrals placed in one transaction
+# `match` of a found student's referral that could not be put on a case: staff resolve it.
+PLACEMENT_FAILED = "placement_failed"
 
 
 class IdempotencyKeyReused(Exception):
@@ -335,19 +340,17 @@ def receive(
     """
     today = district_today(settings.district.timezone)
     for _attempt in range(5):
-        with engine.connect() as conn:
-            schools = allowed_schools(conn, caller.schools)
-            match = match_student(conn, form.student, schools)
-            seen_as = fingerprint(caller, form, match, today)
-            earlier = _earlier(conn, caller, idempotency_key, seen_as)
-        if earlier is not None and earlier[2] != seen_as:
-            raise IdempotencyKeyReused(idempotency_key)
-        if earlier is not None:
-            with engine.begin() as conn:
-                token = _issue_token(conn, earlier[0], utcnow())
-            return Receipt(earlier[1], token, replayed=True)
         try:
-            with engine.begin() as conn:
+            with engine.begin() as conn:  # one connection and one transaction per post
+                schools = allowed_schools(conn, caller.schools)
+                match = match_student(conn, form.student, schools)
+                seen_as = fingerprint(caller, form, match, today)
+                earlier = _earlier(conn, caller, idempotency_key, seen_as)
+                if earlier is not None and earlier[2] != seen_as:
+                    raise IdempotencyKeyReused(idempotency_key)
+                if earlier is not None:
+                    token = _issue_token(conn, earlier[0], utcnow())
+                    return Receipt(earlier[1], token, replayed=True)
                 return _record(conn, settings, caller, form, idempotency_key, match, seen_as, today)
         except IntegrityError:
             # A concurrent post of the same referral, or of another that opened this student's
@@ -398,21 +401,15 @@ def _record(
             relationship=form.relationship, concerns=list(dict.fromkeys(form.concerns)),
             note=form.note, urgency=form.urgency, family_contact_ok=form.family_contact_ok,
             identification=form.student.as_json(), school_id=match.school_id, match=match.how,
-            state="unmatched", student_id=None, referrer_status="received",
+            # A found student's referral waits for `place_received` (the worker, before each
+            # delivery pass): the request only records it, so a burst of posts stays fast.
+            state="unmatched" if match.student_id is None else "matched",
+            student_id=match.student_id, referrer_status="received",
         )
         .returning(PersonReferral.id)
     ).scalar_one()  # fmt: skip
     token = _issue_token(conn, pk, now)
     _tell_referrer(conn, settings, public_id, form.referrer_email, "received", now, now)
-    if match.student_id is not None:
-        stored = SimpleNamespace(
-            id=pk, public_id=public_id, received_at=now, received_on=today,
-            referrer_name=form.referrer_name, referrer_role=form.referrer_role,
-            referrer_email=form.referrer_email, relationship=form.relationship,
-            concerns=list(dict.fromkeys(form.concerns)), note=form.note, urgency=form.urgency,
-            family_contact_ok=form.family_contact_ok, school_id=match.school_id,
-        )  # fmt: skip
-        _place(conn, settings, stored, match.student_id, today)
     log.info("referral.received", referral=public_id, matched=match.student_id is not None)
     return Receipt(public_id, token)
 
@@ -421,7 +418,7 @@ def _place(conn: Connection, settings: Settings, row: Any, student_id: str, toda
     """Put a stored referral (`row`: its `person_referrals` values) on its student's case (the
     CaseBook path) and tell the referrer."""
     book = PersonCaseBook(conn, settings, today, {student_id})
-    placed = book.place([person_reason(settings, row, student_id, today)])[student_id]
+    [placed] = book.place([person_reason(settings, row, student_id, today)])
     school = conn.execute(select(Case.school_id).where(Case.id == placed.case_id)).scalar()
     # The case is open (new, reopened or joined): the referrer's status follows from its
     # assignee, written with the match instead of read back.
@@ -439,6 +436,125 @@ def _place(conn: Connection, settings: Settings, row: Any, student_id: str, toda
     if placed.opened:
         # A reopened case changes what its earlier referrers hear; joining an open case does not.
         update_referrer_statuses(conn, settings, [placed.case_id])
+
+
+class _PlacedElsewhere(Exception):
+    """Another placer put one of the batch's referrals on its case first."""
+
+
+def place_received(engine: Engine, settings: Settings, batch: int = PLACE_BATCH) -> int:
+    """Put every referral whose student was found, and that is not on a case yet, on its
+    student's case: the same join / reopen / open steps, revision, tasks and family notice as
+    an evaluation, one transaction per batch. The worker runs it before each delivery pass
+    (`casebridge dispatch` and the scheduler's dispatch too), so the task goes out in the same
+    pass. Returns how many were placed.
+
+    A batch that meets another transaction opening the same student's case (an evaluation, a
+    second worker) rolls back and is tried again: nothing is placed twice or lost. A referral
+    that cannot be placed for any other reason goes to the unmatched queue, where a person
+    sees it, instead of holding up the others."""
+    placed = 0
+    while True:
+        try:
+            done = _with_retries(engine, lambda conn: _place_batch(conn, settings, batch))
+        except Exception as exc:  # outside the taxonomy: find the one that fails, one by one
+            log.error("referrals.placement_failed", error=type(exc).__name__)
+            return placed + _place_one_by_one(engine, settings, batch)
+        if done is None:  # three conflicts in a row: one of them, one by one
+            log.warning("referrals.placement_conflicts", placed=placed)
+            return placed + _place_one_by_one(engine, settings, batch)
+        placed += done
+        if done < batch:
+            if placed:
+                log.info("referrals.placed", placed=placed)
+            return placed
+
+
+def _with_retries(engine: Engine, step: Callable[[Connection], int]) -> int | None:
+    """`step` in a transaction, again after a conflict with a concurrent change (None: three
+    conflicts in a row; the next pass tries again)."""
+    for _attempt in range(3):
+        try:
+            with engine.begin() as conn:
+                return step(conn)
+        except (IntegrityError, _PlacedElsewhere):
+            continue
+    return None
+
+
+def _place_one_by_one(engine: Engine, settings: Settings, batch: int) -> int:
+    with engine.connect() as conn:
+        ids = list(
+            conn.execute(select(PersonReferral.id).where(*_waiting()).limit(batch)).scalars()
+        )
+    placed = 0
+    for pk in ids:
+        try:
+            done = _with_retries(engine, functools.partial(_place_one, settings, pk))
+            error = None if done is not None else "conflicts"
+        except Exception as exc:
+            done, error = None, type(exc).__name__
+        if done is not None:
+            placed += done
+        else:
+            log.error("referrals.unplaceable", referral=pk, error=error)
+            with engine.begin() as conn:
+                conn.execute(
+                    update(PersonReferral)
+                    .where(PersonReferral.id == pk, PersonReferral.case_id.is_(None))
+                    .values(state="unmatched", match=PLACEMENT_FAILED)
+                )
+    return placed
+
+
+def _place_one(settings: Settings, pk: int, conn: Connection) -> int:
+    return _place_batch(conn, settings, 1, pk)
+
+
+def _waiting() -> list[Any]:
+    P = PersonReferral
+    return [P.state == "matched", P.case_id.is_(None), P.student_id.is_not(None)]
+
+
+def _place_batch(conn: Connection, settings: Settings, batch: int, only: int | None = None) -> int:
+    P = PersonReferral
+    waiting = _waiting() + ([P.id == only] if only is not None else [])
+    if conn.dialect.name == "sqlite":
+        # The first statement writes, so the write lock is held before the rows are read.
+        conn.execute(update(P).where(*waiting).values(state=P.state))
+    rows = conn.execute(
+        select(P.__table__).where(*waiting).order_by(P.id).limit(batch)
+        .with_for_update(skip_locked=True)
+    ).all()  # fmt: skip
+    if not rows:
+        return 0
+    today = district_today(settings.district.timezone)
+    book = PersonCaseBook(conn, settings, today, {r.student_id for r in rows})
+    placed = book.place([person_reason(settings, r, r.student_id, today) for r in rows])
+    cases = {p.case_id for p in placed}
+    schools: dict[int, str | None] = {
+        row.id: row.school_id
+        for row in conn.execute(select(Case.id, Case.school_id).where(Case.id.in_(cases)))
+    }
+    now = utcnow()
+    for row, where in zip(rows, placed, strict=True):
+        # The case is open (new, reopened or joined): the status follows from its assignee.
+        status = status_of("matched", "open", where.assignee_id)
+        done = conn.execute(
+            update(P)
+            .where(P.id == row.id, P.case_id.is_(None))
+            .values(case_id=where.case_id, referral_id=where.referral_id,
+                    school_id=schools.get(where.case_id) or row.school_id,
+                    referrer_status=status)
+        ).rowcount  # fmt: skip
+        if done != 1:
+            raise _PlacedElsewhere(row.id)
+        if status != "received":
+            _tell_referrer(conn, settings, row.public_id, row.referrer_email, status,
+                           row.received_at, now, row.student_id, where.case_id)  # fmt: skip
+    # A reopened case changes what its earlier referrers hear; joining an open case does not.
+    update_referrer_statuses(conn, settings, {p.case_id for p in placed if p.opened})
+    return len(rows)
 
 
 # -- what the referrer hears ---------------------------------------------------------------------

@@ -81,6 +81,10 @@ class WorkerLoop:
             log.info("worker.ran_requested_jobs", jobs=ran)
             if self.on_jobs:
                 self.on_jobs(ran)
+        from service.referrals import place_received
+
+        with cb_logging.run_context("referrals"):
+            place_received(self.engine, self.settings)  # their tasks go out in this pass
         try:
             with cb_logging.run_context("dispatch"):  # each pass is one run in the logs
                 report = dispatch(

@@ -33,6 +33,7 @@ from service.models import (
     StudentDemographics,
 )
 from service.pipeline import run_dispatch, run_evaluate, run_sync
+from service.referrals import place_received
 from service.tool_status import apply_report
 from tests.builders import TinyDistrict
 from tests.test_cases import sent
@@ -97,6 +98,13 @@ def post(client: FlaskClient, headers: dict[str, str], body: dict[str, Any]) -> 
     return response
 
 
+def worker_pass(client: FlaskClient) -> int:
+    """What `casebridge worker` does before each delivery pass: put the referrals whose student
+    was found on their cases. The POST only records them."""
+    app = client.application
+    return place_received(app.config["CASEBRIDGE_ENGINE"], app.config["CASEBRIDGE_SETTINGS"])
+
+
 def person_referrals(engine: Engine) -> list[Any]:
     with engine.connect() as conn:
         return list(conn.execute(select(PersonReferral).order_by(PersonReferral.id)))
@@ -123,6 +131,9 @@ def test_a_referral_opens_a_case_whose_task_shows_who_referred_and_why(
 ) -> None:
     client = app.test_client()
     post(client, bearer(engine, "referrals:create"), form(urgency="urgent"))
+    with engine.connect() as conn:  # recorded; the worker puts it on the case
+        assert conn.execute(select(func.count()).select_from(Case)).scalar() == 0
+    assert worker_pass(client) == 1
 
     case = the_case(engine, "s1")
     # Opened like a rule's case: revision 1, least-loaded case manager of school 101, urgent.
@@ -226,7 +237,9 @@ def test_a_second_referral_joins_the_open_case_and_the_task_update_is_queued(
     token = bearer(engine, "referrals:create")
     post(client, token, form())
     counselor = {"name": "Sam Ortiz", "role": "counselor", "relationship": "school counselor"}
+    worker_pass(client)
     post(client, token, form(referrer=counselor, concerns=["mental_health"], urgency="urgent"))
+    worker_pass(client)
 
     [case] = [the_case(engine, "s1")]
     assert (case.revision, case.severity) == (2, "high")  # urgent raised the open case
@@ -242,9 +255,11 @@ def test_the_family_hears_resources_only_with_consent_never_the_concern_or_refer
     client = app.test_client()
     token = bearer(engine, "referrals:create")
     post(client, token, form(family_contact_consent=False))
+    worker_pass(client)
     assert items(engine, "family_notice") == []
 
     post(client, token, form(referrer={**TEACHER, "name": "Kim Lee"}, concerns=["basic_needs"]))
+    worker_pass(client)
     notices = items(engine, "family_notice")
     assert sorted(n.contact_id for n in notices) == ["g1", "g2"]
     run_dispatch(engine, settings)
@@ -260,6 +275,7 @@ def test_the_family_hears_resources_only_with_consent_never_the_concern_or_refer
 def test_a_safety_concern_never_triggers_a_family_notice(app: Flask, engine: Engine) -> None:
     client = app.test_client()
     post(client, bearer(engine, "referrals:create"), form(concerns=["safety", "basic_needs"]))
+    worker_pass(client)
 
     assert the_case(engine, "s1").status == "open"
     assert items(engine, "family_notice") == []
@@ -315,6 +331,8 @@ def test_the_status_token_shows_the_status_and_a_wrong_one_is_404(
     receipt = post(client, bearer(engine, "referrals:create"), form()).get_json()
     url, token = receipt["status_url"], receipt["status_token"]
     assert url == f"/referrals/{receipt['id']}/status"
+    assert client.get(url, headers={"Status-Token": token}).get_json()["status"] == "received"
+    worker_pass(client)  # on the case, with its case manager
 
     shown = client.get(url, headers={"Status-Token": token})
     assert shown.status_code == 200 and shown.get_json()["status"] == "assigned"
@@ -340,6 +358,7 @@ def test_assigned_shows_only_after_the_delay(engine: Engine, db_url: str, tmp_pa
     run_sync(engine, delayed)
     client = create_app(delayed, engine).test_client()
     matched = post(client, bearer(engine, "referrals:create"), form()).get_json()
+    worker_pass(client)
 
     status = client.get(matched["status_url"], headers={"Status-Token": matched["status_token"]})
     assert status.get_json()["status"] == "received"  # assigned already, told tomorrow
@@ -404,13 +423,15 @@ def test_a_repeated_post_is_one_referral(app: Flask, engine: Engine) -> None:
     again = post(client, token, form()).get_json()  # the same referrer, student, concerns, day
     keyed = post(client, {**token, "Idempotency-Key": "form-42"}, form(concerns=["health"]))
     retried = post(client, {**token, "Idempotency-Key": "form-42"}, form(concerns=["health"]))
+    worker_pass(client)
 
     assert again["id"] == first["id"] and retried.get_json()["id"] == keyed.get_json()["id"]
     assert again["status_token"] != first["status_token"]  # each answer's token works
     status = client.get(again["status_url"], headers={"Status-Token": again["status_token"]})
     assert status.status_code == 200
     assert len(person_referrals(engine)) == 2
-    assert the_case(engine, "s1").revision == 2  # two referrals, not four
+    with engine.connect() as conn:  # two reasons on the case, not four
+        assert conn.execute(select(func.count()).select_from(Referral)).scalar() == 2
 
 
 def test_a_changed_note_or_urgency_the_same_day_is_a_new_referral(
@@ -420,6 +441,7 @@ def test_a_changed_note_or_urgency_the_same_day_is_a_new_referral(
     token = bearer(engine, "referrals:create")
     first = post(client, token, form()).get_json()
     later = post(client, token, form(note="Now says they slept in the car.", urgency="urgent"))
+    worker_pass(client)
 
     assert later.get_json()["id"] != first["id"]
     notes = [r.note for r in person_referrals(engine)]
@@ -463,7 +485,9 @@ def test_unknown_concerns_and_missing_student_are_422_without_echoing_the_input(
 def test_a_case_a_person_referred_does_not_close_by_itself(
     app: Flask, engine: Engine, settings: Settings
 ) -> None:
-    post(app.test_client(), bearer(engine, "referrals:create"), form())
+    client = app.test_client()
+    post(client, bearer(engine, "referrals:create"), form())
+    worker_pass(client)
     for day in (date(2026, 11, 20), date(2026, 12, 20)):  # no rule fires, weeks pass
         run_evaluate(engine, settings, day)
 
@@ -501,20 +525,22 @@ def test_a_referral_reaches_the_tool_and_the_referrer_through_the_cli_dispatch(
 def test_two_referrals_racing_to_open_the_same_students_case_share_one(
     app: Flask, engine: Engine, settings: Settings
 ) -> None:
-    """Another referral about the student commits its new case while this one is between
-    reading the open cases and their reasons (READ COMMITTED): this one joins that case."""
+    """Another worker places a second referral about the student, opening the case, while this
+    one is between reading the open cases and their reasons (READ COMMITTED): this one rolls
+    back and joins that case."""
     if engine.dialect.name != "postgresql":
         pytest.skip("one writer at a time on SQLite: the race needs PostgreSQL")
     from service import referrals
 
-    _, token = create_token(engine, "form", ["referrals:create"])
-    raced: list[str] = []
+    client = app.test_client()
+    post(client, bearer(engine, "referrals:create"), form())
+    raced: list[int] = []
 
     @event.listens_for(engine, "after_cursor_execute")
-    def other_referral_commits(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+    def other_worker_places(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
         if raced or "FOR UPDATE" not in statement or "FROM cases" not in statement:
             return
-        raced.append("now")
+        raced.append(0)
         submission = referrals.Submission(
             referrer_name="Sam Ortiz", referrer_role="counselor", relationship="counselor",
             referrer_email=None, concerns=["attendance"], note="", urgency="routine",
@@ -522,13 +548,45 @@ def test_two_referrals_racing_to_open_the_same_students_case_share_one(
             student=referrals.StudentNamed("1001", None, None, None, None),
         )  # fmt: skip
         referrals.receive(engine, settings, referrals.Caller(None, "form", None), submission)
+        # Skips the first referral (this worker holds it) and places its own.
+        raced.append(place_received(engine, settings))
 
     try:
-        post(app.test_client(), {"Authorization": f"Bearer {token}"}, form())
+        placed = worker_pass(client)
     finally:
-        event.remove(engine, "after_cursor_execute", other_referral_commits)
+        event.remove(engine, "after_cursor_execute", other_worker_places)
 
-    assert raced
+    assert raced == [0, 1] and placed == 1
     case = the_case(engine, "s1")  # one case (the index allows one open case per student)
     assert case.revision == 2
     assert [r.case_id for r in person_referrals(engine)] == [case.id, case.id]
+    assert worker_pass(client) == 0  # nothing placed twice
+
+
+def test_a_referral_that_cannot_be_placed_goes_to_the_queue_and_holds_up_no_other(
+    app: Flask, engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from service import referrals
+
+    client = app.test_client()
+    token = bearer(engine, "referrals:create")
+    broken_id = post(client, token, form()).get_json()["id"]
+    post(client, token, form({"local_id": "2001"}, concerns=["health"]))
+    real = referrals.person_reason
+
+    def fails_for_one(settings: Settings, row: Any, *args: Any) -> Any:
+        if row.public_id == broken_id:  # a defect that only this referral's data sets off
+            raise ValueError("cannot make a reason of this referral")
+        return real(settings, row, *args)
+
+    monkeypatch.setattr(referrals, "person_reason", fails_for_one)
+
+    assert worker_pass(client) == 1
+
+    broken, fine = person_referrals(engine)
+    assert (broken.state, broken.match, broken.case_id) == ("unmatched", "placement_failed", None)
+    assert fine.case_id == the_case(engine, "s4").id
+    reader = bearer(engine, "cases:read")
+    queue = client.get("/referrals/unmatched", headers=reader).get_json()["items"]
+    assert [i["match"] for i in queue] == ["placement_failed"]  # a person sees it
+    assert worker_pass(client) == 0
