@@ -261,7 +261,8 @@ def evaluate(ctx: click.Context, as_of: Any) -> None:
 @main.command()
 @click.pass_context
 def dispatch(ctx: click.Context) -> None:
-    """Deliver due outbox items (tasks, family messages)."""
+    """Place referrals people sent on their cases, then deliver due outbox items (tasks, family
+    messages)."""
     _dispatch(_settings(ctx))
 
 
@@ -484,10 +485,10 @@ def quarantine_show(ctx: click.Context, record_id: int) -> None:
 @click.option("--once", is_flag=True, help="One pass over the due items, then exit.")
 @click.pass_context
 def worker(ctx: click.Context, interval: float | None, once: bool) -> None:
-    """Deliver the outbox continuously, and run jobs requested through the API. Run as many as
-    you like on PostgreSQL: they share the work through fenced claims and never deliver an item
-    (or run a requested job) twice. SIGTERM or Ctrl-C: the item in hand is finished and the rest
-    of the batch given back."""
+    """Place referrals on cases and deliver the outbox continuously, and run jobs requested
+    through the API. Run as many as you like on PostgreSQL: they share the work through fenced
+    claims and never deliver an item (or run a requested job) twice. SIGTERM or Ctrl-C: the
+    item in hand is finished and the rest of the batch given back."""
     import threading
 
     from service.roles import WorkerLoop, stop_on_signals
@@ -514,7 +515,8 @@ def worker(ctx: click.Context, interval: float | None, once: bool) -> None:
 @main.command()
 @click.pass_context
 def scheduler(ctx: click.Context) -> None:
-    """Run the scheduled jobs (sync, evaluate, dispatch) until stopped (SIGTERM, Ctrl-C)."""
+    """Run the schedules (sync, evaluate, follow-ups, digests, retention, dispatch) until stopped
+    (SIGTERM, Ctrl-C)."""
     from service.roles import run_scheduler_role
 
     settings = _settings(ctx)
