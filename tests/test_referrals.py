@@ -590,3 +590,21 @@ def test_a_referral_that_cannot_be_placed_goes_to_the_queue_and_holds_up_no_othe
     queue = client.get("/referrals/unmatched", headers=reader).get_json()["items"]
     assert [i["match"] for i in queue] == ["placement_failed"]  # a person sees it
     assert worker_pass(client) == 0
+
+
+def test_metrics_show_referrals_waiting_for_a_worker_and_for_staff(
+    app: Flask, engine: Engine
+) -> None:
+    client = app.test_client()
+    token = bearer(engine, "referrals:create")
+    post(client, token, form())
+    post(client, token, form({"local_id": "no-such-student"}))
+
+    def waiting() -> dict[str, str]:
+        text_ = client.get("/metrics").get_data(as_text=True)
+        found = re.findall(r'^casebridge_person_referrals\{state="(\w+)"\} (\S+)$', text_, re.M)
+        return dict(found)
+
+    assert waiting() == {"waiting_for_worker": "1.0", "unmatched": "1.0"}
+    worker_pass(client)
+    assert waiting() == {"waiting_for_worker": "0.0", "unmatched": "1.0"}

@@ -26,7 +26,7 @@ from sqlalchemy import Engine, func, select
 from sqlalchemy.exc import SQLAlchemyError
 
 from service.clock import utcnow
-from service.models import OutboxItem, QuarantinedRecord, Referral
+from service.models import OutboxItem, PersonReferral, QuarantinedRecord, Referral
 from service.target_health import aware, circuits
 
 log = structlog.get_logger(__name__)
@@ -163,6 +163,27 @@ class DatabaseCollector(Collector):
         for c in circuits(self.engine):
             circuit.add_metric([c.target], 1 if c.state == "open" else 0)
         yield circuit
+
+        referrals = GaugeMetricFamily(
+            "casebridge_person_referrals",
+            "Referrals people sent that wait: for a worker to put them on their case "
+            "(waiting_for_worker; it should drain every pass) or for staff to name the student "
+            "(unmatched).",
+            labels=["state"],
+        )
+        P = PersonReferral
+        with self.engine.connect() as conn:
+            waiting = conn.execute(
+                select(func.count()).where(
+                    P.state == "matched", P.case_id.is_(None), P.student_id.is_not(None)
+                )
+            ).scalar_one()
+            unmatched = conn.execute(
+                select(func.count()).where(P.state == "unmatched")
+            ).scalar_one()
+        referrals.add_metric(["waiting_for_worker"], waiting)
+        referrals.add_metric(["unmatched"], unmatched)
+        yield referrals
 
 
 def install(app: Flask, engine: Engine, path: str) -> None:
