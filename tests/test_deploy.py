@@ -293,3 +293,69 @@ def test_the_scheduler_role_stops_on_sigterm(tmp_path: Path, running: list[Runni
     )
     assert scheduler.terminate() == 0, scheduler.output()
     engine.dispose()
+
+
+def post_json(url: str, body: dict[str, Any], headers: dict[str, str]) -> tuple[int, str, Any]:
+    request = urllib.request.Request(
+        url, data=json.dumps(body).encode(), method="POST",
+        headers={"Content-Type": "application/json", **headers},
+    )  # fmt: skip
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return response.status, response.headers["Content-Type"], json.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.headers["Content-Type"], json.loads(exc.read() or b"{}")
+
+
+def test_all_in_one_on_the_demo_data_takes_a_referral_and_its_task_reaches_the_tool(
+    db_url: str, tmp_path: Path, running: list[Running]
+) -> None:
+    """Issue 10's must-show: a referral posted with a valid token opens a case whose task goes
+    out; without a token or with the wrong scope the same post is a 401 / 403 problem."""
+    if not db_url.startswith("sqlite"):
+        pytest.skip("all-in-one is the embedded SQLite setup")
+    from service.api.auth import create_token
+
+    data, out = ROOT / "config" / "sample-data", tmp_path / "out"
+    raw = raw_config_for(db_url, data, out, schedules={"dispatch_interval_seconds": 1})
+    config = write(tmp_path / "district.yaml", raw)
+    settings = parse_settings(raw, str(config), data)
+    engine = open_engine(settings)
+    run_sync(engine, settings)
+    run_evaluate(engine, settings)
+    with engine.connect() as conn:  # a student without a case yet
+        student, local_id = conn.execute(text(
+            "SELECT student_id, local_id FROM students WHERE active AND local_id IS NOT NULL AND "
+            "student_id NOT IN (SELECT student_id FROM cases) ORDER BY student_id LIMIT 1"
+        )).one()  # fmt: skip
+    _, form_token = create_token(engine, "referral form", ["referrals:create"])
+    _, reader = create_token(engine, "counselor", ["cases:read"])
+
+    aio = Running(config, "all-in-one", "--port", "0")
+    running.append(aio)
+    base = aio.wait_for_line(r"API on (http://127\.0\.0\.1:\d+)").group(1)
+    body = {
+        "referrer": {"name": "Dana Whitfield", "role": "teacher", "relationship": "math teacher"},
+        "student": {"local_id": local_id}, "concerns": ["basic_needs"],
+        "note": "Says there is no food at home.", "urgency": "soon",
+        "family_contact_consent": True,
+    }  # fmt: skip
+    missing = post_json(f"{base}/referrals", body, {})
+    wrong = post_json(f"{base}/referrals", body, {"Authorization": f"Bearer {reader}"})
+    created = post_json(f"{base}/referrals", body, {"Authorization": f"Bearer {form_token}"})
+
+    assert missing[:2] == (401, "application/problem+json")
+    assert wrong[:2] == (403, "application/problem+json")
+    assert created[0] == 201 and created[2]["status"] == "received"
+
+    def task_delivered() -> bool:
+        case_id = scalar(engine, f"SELECT id FROM cases WHERE student_id = '{student}'")
+        return case_id is not None and any(
+            r.get("case_id") == case_id or f"case-{case_id}:" in r.get("idempotency_key", "")
+            for r in lines(out / "tasks.jsonl")
+        )
+
+    wait_for("the referral's case task in the staff tool", task_delivered)
+    assert aio.terminate() == 0, aio.output()
+    assert scalar(engine, "SELECT COUNT(*) FROM person_referrals WHERE case_id IS NULL") == 0
+    engine.dispose()
