@@ -3,10 +3,12 @@ concern about a student (`POST /referrals`, `service/api/referrals.py`).
 
 A referral is recorded as sent, then matched to a student: by local id (student number or
 sourcedId), or by first and last name, school and birth date (case- and accent-insensitive,
-exact otherwise), exactly one match or none. A matched referral becomes a case reason through the
-CaseBook (`service/cases.PersonCaseBook`): it joins the student's open case or opens one, the
-revision goes up and the staff task and family notice are queued in the same transaction, as for
-a rule. An unmatched one waits in a queue until staff name the student or reject it.
+exact otherwise), exactly one match or none. The POST only records it (a few statements, so a
+burst of posts stays fast). The worker, before each delivery pass, makes each matched referral
+a case reason through the CaseBook (`place_received`, `service/cases.PersonCaseBook`): it joins
+the student's open case or opens one, the revision goes up and the staff task and family notice
+are queued in the same transaction, as for a rule. An unmatched one waits in a queue until staff
+name the student (placed at once) or reject it.
 
 Privacy: the caller who posts learns nothing about the student. The answer is the same whether
 a student matched; a school-limited token matches only students of its schools; the referrer's
@@ -31,7 +33,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import structlog
 from sqlalchemy import Connection, Engine, func, insert, or_, select, update
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import IntegrityError, OperationalError
 
 from service.cases import PersonCaseBook, PersonReason
 from service.clock import district_today, utcnow
@@ -333,7 +335,8 @@ def receive(
     form: Submission,
     idempotency_key: str | None = None,
 ) -> Receipt:
-    """Record a referral and, when its student is found, put it on their case: one transaction.
+    """Record a referral, matched to its student or not, in one transaction (the worker puts a
+    matched one on its case: `place_received`).
 
     A repeat (the caller's `Idempotency-Key`, or the same referrer, student, concerns and day)
     answers with the first referral and a new status token for it.
@@ -477,7 +480,9 @@ def _with_retries(engine: Engine, step: Callable[[Connection], int]) -> int | No
         try:
             with engine.begin() as conn:
                 return step(conn)
-        except (IntegrityError, _PlacedElsewhere):
+        except (IntegrityError, OperationalError, _PlacedElsewhere):
+            # A unique-index conflict, a deadlock or a serialization failure with a concurrent
+            # change to the same student's case (an evaluation, another worker).
             continue
     return None
 
