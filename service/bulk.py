@@ -166,9 +166,11 @@ def insert_new(conn: Connection, target: Table, key: str, rows: Sequence[dict[st
         return 0
     if len(rows) <= SMALL_BATCH:
         # A few rows (a referral's tasks, a reply's notice): one multi-row INSERT, instead of
-        # four round trips to stage them. Its rowcount is exact on both drivers.
+        # four round trips to stage them. The rows it returns are the new ones (psycopg's
+        # rowcount for it is -1).
         statement = dialect_insert(conn, target).values(list(rows))
-        return conn.execute(statement.on_conflict_do_nothing(index_elements=[key])).rowcount
+        statement = statement.on_conflict_do_nothing(index_elements=[key]).returning(target.c[key])
+        return len(conn.execute(statement).all())
     columns, values = _driver_rows(conn, target, rows)
     stage = _stage(conn, target, columns)
     load_rows(conn, stage, columns, values)
