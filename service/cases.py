@@ -18,6 +18,7 @@ from typing import Any, Literal
 
 import structlog
 from sqlalchemy import Connection, Engine, bindparam, func, insert, select, text, update
+from sqlalchemy.exc import IntegrityError
 
 from service.bulk import insert_many, table
 from service.case_plan import CHECK_IN, CLOSE_SUGGESTED, close_suggestions, due_check_ins
@@ -143,9 +144,35 @@ def assign(
     return chosen
 
 
+EVALUATE_ATTEMPTS = 3  # an evaluation that meets a case opened meanwhile runs again
+
+
 def evaluate(engine: Engine, settings: Settings, as_of: date | None = None) -> EvaluationReport:
     day = as_of or settings.as_of or district_today(settings.district.timezone)
     rules = compile_rules(settings.rules)
+    for attempt in range(1, EVALUATE_ATTEMPTS + 1):
+        try:
+            report = _evaluate_once(engine, settings, day, rules)
+            break
+        except IntegrityError:
+            # A worker put a referral on a case this evaluation was about to open (the
+            # one-open-case index): nothing was written; evaluate again, and join that case.
+            if attempt == EVALUATE_ATTEMPTS:
+                raise
+            log.warning("evaluate.conflict_retried", attempt=attempt)
+    log.info(
+        "evaluate.finished",
+        students=report.students_evaluated,
+        opened=report.cases_opened,
+        updated=report.cases_updated,
+        closed=report.cases_closed,
+    )
+    return report
+
+
+def _evaluate_once(
+    engine: Engine, settings: Settings, day: date, rules: list[CompiledRule]
+) -> EvaluationReport:
     with engine.begin() as conn:
         window = compute_indicators(conn, settings.indicators, day)
         report = EvaluationReport(day, grading_period=window.grading_period_id)
@@ -160,13 +187,6 @@ def evaluate(engine: Engine, settings: Settings, as_of: date | None = None) -> E
             for hit in hits:
                 report.flagged_by_rule[hit.rule.config.id] += 1
         _apply(conn, settings, window, fired, report)
-    log.info(
-        "evaluate.finished",
-        students=report.students_evaluated,
-        opened=report.cases_opened,
-        updated=report.cases_updated,
-        closed=report.cases_closed,
-    )
     return report
 
 

@@ -608,3 +608,51 @@ def test_metrics_show_referrals_waiting_for_a_worker_and_for_staff(
     assert waiting() == {"waiting_for_worker": "1.0", "unmatched": "1.0"}
     worker_pass(client)
     assert waiting() == {"waiting_for_worker": "0.0", "unmatched": "1.0"}
+
+
+def test_an_evaluation_that_meets_a_case_a_worker_just_opened_runs_again_and_joins_it(
+    engine: Engine, db_url: str, tmp_path: Path
+) -> None:
+    """The nightly evaluation reads the open cases, then a worker places a referral about a
+    student the evaluation is about to flag (opening the case). The evaluation's own case for
+    that student hits the one-open-case index: it runs again and joins the case."""
+    if engine.dialect.name != "postgresql":
+        pytest.skip("one writer at a time on SQLite: the race needs PostgreSQL")
+    from service import referrals
+
+    d = district(tmp_path / "data")
+    days = d.school_days("sch-1", 40)
+    for day in days[2:10]:
+        d.absent("1001", day)
+    d.write()
+    settings = settings_for(db_url, d.root, tmp_path / "out", as_of=days[19].isoformat())
+    run_sync(engine, settings)
+    raced: list[int] = []
+
+    @event.listens_for(engine, "after_cursor_execute")
+    def worker_places(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        if raced or not statement.lstrip().startswith("SELECT cases.id, cases.student_id"):
+            return
+        raced.append(0)
+        submission = referrals.Submission(
+            referrer_name="Sam Ortiz", referrer_role="counselor", relationship="counselor",
+            referrer_email=None, concerns=["attendance"], note="", urgency="routine",
+            family_contact_ok=False,
+            student=referrals.StudentNamed("1001", None, None, None, None),
+        )  # fmt: skip
+        referrals.receive(engine, settings, referrals.Caller(None, "form", None), submission)
+        raced.append(place_received(engine, settings))
+
+    try:
+        report = run_evaluate(engine, settings)
+    finally:
+        event.remove(engine, "after_cursor_execute", worker_places)
+
+    assert raced == [0, 1]
+    assert report.cases_opened == 0  # the worker's case, joined
+    case = the_case(engine, "s1")
+    with engine.connect() as conn:
+        origins = sorted(
+            conn.execute(select(Referral.origin).where(Referral.case_id == case.id)).scalars()
+        )
+    assert origins == ["person", "rule"]
