@@ -417,30 +417,6 @@ def _record(
     return Receipt(public_id, token)
 
 
-def _place(conn: Connection, settings: Settings, row: Any, student_id: str, today: date) -> None:
-    """Put a stored referral (`row`: its `person_referrals` values) on its student's case (the
-    CaseBook path) and tell the referrer."""
-    book = PersonCaseBook(conn, settings, today, {student_id})
-    [placed] = book.place([person_reason(settings, row, student_id, today)])
-    school = conn.execute(select(Case.school_id).where(Case.id == placed.case_id)).scalar()
-    # The case is open (new, reopened or joined): the referrer's status follows from its
-    # assignee, written with the match instead of read back.
-    status = status_of("matched", "open", placed.assignee_id)
-    conn.execute(
-        update(PersonReferral)
-        .where(PersonReferral.id == row.id)
-        .values(state="matched", student_id=student_id, case_id=placed.case_id,
-                referral_id=placed.referral_id, school_id=school or row.school_id,
-                referrer_status=status)
-    )  # fmt: skip
-    if status != "received":
-        _tell_referrer(conn, settings, row.public_id, row.referrer_email, status,
-                       row.received_at, utcnow(), student_id, placed.case_id)  # fmt: skip
-    if placed.opened:
-        # A reopened case changes what its earlier referrers hear; joining an open case does not.
-        update_referrer_statuses(conn, settings, [placed.case_id])
-
-
 class _PlacedElsewhere(Exception):
     """Another placer put one of the batch's referrals on its case first."""
 
@@ -917,12 +893,10 @@ def resolve(
 ) -> ResolveOutcome:
     """Staff say who an unmatched referral is about (it then joins or opens that student's case,
     as if it had matched), or reject it (the referrer hears "closed")."""
-    today = district_today(settings.district.timezone)
     for _attempt in range(5):
         try:
             with engine.begin() as conn:
-                return _resolve_once(conn, settings, caller, referral_id, student_id, rejection,
-                                     today)  # fmt: skip
+                return _resolve_once(conn, settings, caller, referral_id, student_id, rejection)
         except IntegrityError:
             continue  # another request opened this student's case first: join it instead
     raise RuntimeError("the referral could not be resolved after repeated conflicts")
@@ -935,15 +909,16 @@ def _resolve_once(
     referral_id: str,
     student_id: str | None,
     rejection: str | None,
-    today: date,
 ) -> ResolveOutcome:
     now = utcnow()
     schools = allowed_schools(conn, caller.schools)
     row = conn.execute(
-        select(PersonReferral.__table__)  # every column: a match makes it a case reason
+        select(PersonReferral.id, PersonReferral.state, PersonReferral.school_id,
+               PersonReferral.public_id, PersonReferral.referrer_email,
+               PersonReferral.received_at)
         .where(PersonReferral.public_id == referral_id)
         .with_for_update()
-    ).first()
+    ).first()  # fmt: skip
     if row is None or (schools is not None and row.school_id not in schools):
         return "not_found"
     if row.state != "unmatched":
@@ -976,7 +951,12 @@ def _resolve_once(
         log.info("referral.rejected", referral=row.public_id, reason=rejection)
         return "rejected"
     assert student is not None
-    conn.execute(update(PersonReferral).where(PersonReferral.id == row.id).values(match="staff"))
-    _place(conn, settings, row, student.student_id, today)
+    conn.execute(
+        update(PersonReferral)
+        .where(PersonReferral.id == row.id)
+        .values(match="staff", state="matched", student_id=student.student_id)
+    )
+    if _place_batch(conn, settings, 1, row.id) != 1:  # at once, the worker's way
+        raise RuntimeError("a resolved referral was not placed")
     log.info("referral.resolved", referral=row.public_id)
     return "matched"
