@@ -105,6 +105,18 @@ def worker_pass(client: FlaskClient) -> int:
     return place_received(app.config["CASEBRIDGE_ENGINE"], app.config["CASEBRIDGE_SETTINGS"])
 
 
+def counselor_refers_lucia(engine: Engine, settings: Settings) -> None:
+    """Another referral about s1 (student number 1001), recorded as the API would."""
+    from service import referrals
+
+    submission = referrals.Submission(
+        referrer_name="Sam Ortiz", referrer_role="counselor", relationship="counselor",
+        referrer_email=None, concerns=["attendance"], note="", urgency="routine",
+        family_contact_ok=False, student=referrals.StudentNamed("1001", None, None, None, None),
+    )  # fmt: skip
+    referrals.receive(engine, settings, referrals.Caller(None, "form", None), submission)
+
+
 def person_referrals(engine: Engine) -> list[Any]:
     with engine.connect() as conn:
         return list(conn.execute(select(PersonReferral).order_by(PersonReferral.id)))
@@ -530,7 +542,6 @@ def test_two_referrals_racing_to_open_the_same_students_case_share_one(
     back and joins that case."""
     if engine.dialect.name != "postgresql":
         pytest.skip("one writer at a time on SQLite: the race needs PostgreSQL")
-    from service import referrals
 
     client = app.test_client()
     post(client, bearer(engine, "referrals:create"), form())
@@ -541,13 +552,7 @@ def test_two_referrals_racing_to_open_the_same_students_case_share_one(
         if raced or "FOR UPDATE" not in statement or "FROM cases" not in statement:
             return
         raced.append(0)
-        submission = referrals.Submission(
-            referrer_name="Sam Ortiz", referrer_role="counselor", relationship="counselor",
-            referrer_email=None, concerns=["attendance"], note="", urgency="routine",
-            family_contact_ok=False,
-            student=referrals.StudentNamed("1001", None, None, None, None),
-        )  # fmt: skip
-        referrals.receive(engine, settings, referrals.Caller(None, "form", None), submission)
+        counselor_refers_lucia(engine, settings)
         # Skips the first referral (this worker holds it) and places its own.
         raced.append(place_received(engine, settings))
 
@@ -618,7 +623,6 @@ def test_an_evaluation_that_meets_a_case_a_worker_just_opened_runs_again_and_joi
     that student hits the one-open-case index: it runs again and joins the case."""
     if engine.dialect.name != "postgresql":
         pytest.skip("one writer at a time on SQLite: the race needs PostgreSQL")
-    from service import referrals
 
     d = district(tmp_path / "data")
     days = d.school_days("sch-1", 40)
@@ -634,13 +638,7 @@ def test_an_evaluation_that_meets_a_case_a_worker_just_opened_runs_again_and_joi
         if raced or not statement.lstrip().startswith("SELECT cases.id, cases.student_id"):
             return
         raced.append(0)
-        submission = referrals.Submission(
-            referrer_name="Sam Ortiz", referrer_role="counselor", relationship="counselor",
-            referrer_email=None, concerns=["attendance"], note="", urgency="routine",
-            family_contact_ok=False,
-            student=referrals.StudentNamed("1001", None, None, None, None),
-        )  # fmt: skip
-        referrals.receive(engine, settings, referrals.Caller(None, "form", None), submission)
+        counselor_refers_lucia(engine, settings)
         raced.append(place_received(engine, settings))
 
     try:
