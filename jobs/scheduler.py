@@ -159,28 +159,25 @@ class Scheduler:
         }
         self.sched: BlockingScheduler | None = None
 
-    def _run_nightly(self) -> None:
+    def _fire(self, name: str, trigger: Any, run: Callable[[datetime], None]) -> None:
+        """Run `name` for its latest slot, unless this process no longer leads or some
+        scheduler already ran that slot."""
         if not self._still_leading():
             return
-        slot = latest_slot(self.nightly, utcnow().astimezone(self.nightly.timezone))
-        if slot is not None:
-            fire_once(self.engine, "nightly", slot, lambda: nightly_job(self.engine, self.settings))
-
-    def _run_digest(self) -> None:
-        if not self._still_leading():
-            return
-        slot = latest_slot(self.digest, utcnow().astimezone(self.digest.timezone))
-        if slot is not None:
-            fire_once(self.engine, "digest", slot,
-                      lambda: digest_job(self.engine, self.settings, slot))  # fmt: skip
-
-    def _run_cron(self, name: str) -> None:
-        if not self._still_leading():
-            return
-        trigger, job = self.crons[name]
         slot = latest_slot(trigger, utcnow().astimezone(trigger.timezone))
         if slot is not None:
-            fire_once(self.engine, name, slot, lambda: job(self.engine, self.settings))
+            fire_once(self.engine, name, slot, lambda: run(slot))
+
+    def _run_nightly(self) -> None:
+        self._fire("nightly", self.nightly, lambda _slot: nightly_job(self.engine, self.settings))
+
+    def _run_digest(self) -> None:
+        self._fire("digest", self.digest,
+                   lambda slot: digest_job(self.engine, self.settings, slot))  # fmt: skip
+
+    def _run_cron(self, name: str) -> None:
+        trigger, job = self.crons[name]
+        self._fire(name, trigger, lambda _slot: job(self.engine, self.settings))
 
     def _run_dispatch(self) -> None:
         if self._still_leading():
